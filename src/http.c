@@ -1,0 +1,291 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.c
+ *	  Concurrent HTTP POSTs for the delivery worker, on libcurl's multi
+ *	  interface: one multi handle per process, keep-alive connections in its
+ *	  connection cache, a free list of easy handles so that connection reuse
+ *	  and TLS sessions survive from request to request.
+ *
+ * Security defaults: TLS peer and host verification on (turning it off is an
+ * explicit per-outbox choice), redirects never followed (credentials must
+ * not travel to another host), only http and https, no signals from libcurl
+ * (they would interfere with PostgreSQL's).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+
+#include "nodes/pg_list.h"
+#include "utils/memutils.h"
+
+#include "pg_courier.h"
+#include "http.h"
+
+static CURLM *multi = NULL;
+static MemoryContext http_context = NULL;
+/* easy handles whose requests are finished, ready for reuse */
+static CURL *free_easy[64];
+static int	nfree_easy = 0;
+/* requests that failed before reaching libcurl, reported by next_done */
+static List *failed_early = NIL;
+
+/*
+ * courier_http_init
+ *		Process-wide setup; call once in the worker before any request.
+ */
+void
+courier_http_init(void)
+{
+	if (multi != NULL)
+		return;
+	if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
+		elog(ERROR, "pg_courier: could not initialise libcurl");
+	multi = curl_multi_init();
+	if (multi == NULL)
+		elog(ERROR, "pg_courier: could not create a libcurl multi handle");
+	/* keep enough idle connections for max_inflight per outbox */
+	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, 256L);
+	http_context = AllocSetContextCreate(TopMemoryContext, "pg_courier http", ALLOCSET_DEFAULT_SIZES);
+}
+
+/*
+ * collect_body
+ *		libcurl write callback: keep the response, up to a bound.
+ */
+static size_t
+collect_body(char *data, size_t size, size_t nmemb, void *userdata)
+{
+	CourierHttpRequest *req = userdata;
+	size_t		n = size * nmemb;
+
+	if (req->response.len + n <= COURIER_HTTP_MAX_RESPONSE)
+		appendBinaryStringInfo(&req->response, data, (int) n);
+	return n;
+}
+
+/*
+ * parse_retry_after
+ *		Retry-After is either delta-seconds or an HTTP-date; returns ms or -1.
+ */
+static long
+parse_retry_after(const char *value)
+{
+	char	   *end;
+	long		secs = strtol(value, &end, 10);
+	time_t		when;
+
+	while (*end == ' ' || *end == '\r' || *end == '\n')
+		end++;
+	if (end != value && *end == '\0' && secs >= 0)
+		return Min(secs, 86400L) * 1000L;
+	when = curl_getdate(value, NULL);
+	if (when == -1)
+		return -1;
+	return Max(0L, Min((long) (when - time(NULL)), 86400L)) * 1000L;
+}
+
+/*
+ * collect_header
+ *		libcurl header callback: we only care about Retry-After.
+ */
+static size_t
+collect_header(char *data, size_t size, size_t nmemb, void *userdata)
+{
+	CourierHttpRequest *req = userdata;
+	size_t		n = size * nmemb;
+	static const char name[] = "retry-after:";
+
+	if (n > sizeof(name) && n < 200 && pg_strncasecmp(data, name, sizeof(name) - 1) == 0)
+	{
+		char		value[200];
+		char	   *v = data + sizeof(name) - 1;
+
+		while (*v == ' ')
+			v++;
+		memcpy(value, v, n - (v - data));
+		value[n - (v - data)] = '\0';
+		req->retry_after_ms = parse_retry_after(value);
+	}
+	return n;
+}
+
+/*
+ * get_easy
+ *		A fresh or recycled easy handle.
+ */
+static CURL *
+get_easy(void)
+{
+	CURL	   *easy;
+
+	if (nfree_easy > 0)
+	{
+		easy = free_easy[--nfree_easy];
+		curl_easy_reset(easy);
+		return easy;
+	}
+	easy = curl_easy_init();
+	if (easy == NULL)
+		elog(ERROR, "pg_courier: could not create a libcurl handle");
+	return easy;
+}
+
+/*
+ * courier_http_post
+ *		Start a POST; it runs while courier_http_poll() is called.
+ */
+CourierHttpRequest *
+courier_http_post(const CourierHttpOptions *o, void *owner)
+{
+	MemoryContext old = MemoryContextSwitchTo(http_context);
+	CourierHttpRequest *req = palloc0(sizeof(CourierHttpRequest));
+	struct curl_slist *h = NULL;
+	char		line[256];
+	CURL	   *easy = get_easy();
+
+	req->owner = owner;
+	req->retry_after_ms = -1;
+	initStringInfo(&req->response);
+	MemoryContextSwitchTo(old);
+
+	snprintf(line, sizeof(line), "Content-Type: %s", o->content_type);
+	h = curl_slist_append(h, line);
+	if (o->accept)
+	{
+		snprintf(line, sizeof(line), "Accept: %s", o->accept);
+		h = curl_slist_append(h, line);
+	}
+	/* no "Expect: 100-continue" round trip for larger bodies */
+	h = curl_slist_append(h, "Expect:");
+	for (int i = 0; i < o->nextra; i++)
+		h = curl_slist_append(h, o->extra_headers[i]);
+	req->headers = h;
+
+	curl_easy_setopt(easy, CURLOPT_URL, o->url);
+	curl_easy_setopt(easy, CURLOPT_POST, 1L);
+	curl_easy_setopt(easy, CURLOPT_POSTFIELDS, o->body);
+	curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) o->body_len);
+	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, h);
+	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) o->timeout_ms);
+	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) o->timeout_ms);
+	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, o->tls_verify ? 1L : 0L);
+	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, o->tls_verify ? 2L : 0L);
+	if (o->ca_file && o->ca_file[0])
+		curl_easy_setopt(easy, CURLOPT_CAINFO, o->ca_file);
+	curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(easy, CURLOPT_USERAGENT, "pg_courier/0.1.0");
+	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, collect_body);
+	curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
+	curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, collect_header);
+	curl_easy_setopt(easy, CURLOPT_HEADERDATA, req);
+	curl_easy_setopt(easy, CURLOPT_PRIVATE, req);
+	req->easy = easy;
+
+	if (curl_multi_add_handle(multi, easy) != CURLM_OK)
+	{
+		/* report it as a failed request rather than throwing */
+		strlcpy(req->error, "could not queue the request", sizeof(req->error));
+		req->curl_result = CURLE_FAILED_INIT;
+		req->done = true;
+		old = MemoryContextSwitchTo(http_context);
+		failed_early = lappend(failed_early, req);
+		MemoryContextSwitchTo(old);
+	}
+	return req;
+}
+
+/*
+ * courier_http_poll
+ *		Drive transfers; waits up to timeout_ms for socket activity.
+ *		Returns the number of running transfers.
+ */
+int
+courier_http_poll(int timeout_ms)
+{
+	int			running = 0;
+
+	curl_multi_perform(multi, &running);
+	if (running > 0 && timeout_ms > 0)
+	{
+		curl_multi_poll(multi, NULL, 0, timeout_ms, NULL);
+		curl_multi_perform(multi, &running);
+	}
+	return running;
+}
+
+/*
+ * courier_http_next_done
+ *		The next finished request, or NULL.
+ */
+CourierHttpRequest *
+courier_http_next_done(void)
+{
+	CURLMsg    *msg;
+	int			left;
+
+	if (failed_early != NIL)
+	{
+		CourierHttpRequest *req = linitial(failed_early);
+
+		failed_early = list_delete_first(failed_early);
+		return req;
+	}
+	while ((msg = curl_multi_info_read(multi, &left)) != NULL)
+	{
+		CourierHttpRequest *req;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &req);
+		req->curl_result = msg->data.result;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &req->status);
+		if (req->curl_result != CURLE_OK)
+		{
+			req->status = 0;
+			strlcpy(req->error, curl_easy_strerror(req->curl_result), sizeof(req->error));
+		}
+		req->done = true;
+		return req;
+	}
+	return NULL;
+}
+
+/*
+ * courier_http_release
+ *		Free a finished request and recycle its easy handle.
+ */
+void
+courier_http_release(CourierHttpRequest *req)
+{
+	CURL	   *easy = req->easy;
+
+	if (easy)
+	{
+		curl_multi_remove_handle(multi, easy);
+		if (nfree_easy < lengthof(free_easy))
+			free_easy[nfree_easy++] = easy;
+		else
+			curl_easy_cleanup(easy);
+	}
+	curl_slist_free_all(req->headers);
+	pfree(req->response.data);
+	pfree(req);
+}
+
+/*
+ * courier_http_running
+ *		How many transfers are in progress.
+ */
+int
+courier_http_running(void)
+{
+	int			running = 0;
+
+	curl_multi_perform(multi, &running);
+	return running;
+}

@@ -1,0 +1,417 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox_producer.c
+ *	  The producer side of an outbox: the row trigger that assigns ids and
+ *	  registers keys, courier.send(), and endpoint validation/redaction.
+ *
+ * Producers pay for every microsecond here, so the trigger caches what it
+ * needs per outbox (column numbers, the id sequence) and courier.send()
+ * keeps one prepared INSERT per outbox; both caches are dropped by relcache
+ * invalidation.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+
+#include "access/detoast.h"
+#include "access/htup_details.h"
+#include "catalog/dependency.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "parser/parse_func.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/uuid.h"
+
+#include "pg_courier.h"
+#include "outbox_registry.h"
+
+PG_FUNCTION_INFO_V1(courier_outbox_before_insert);
+PG_FUNCTION_INFO_V1(courier_send);
+PG_FUNCTION_INFO_V1(courier_validate_endpoint);
+PG_FUNCTION_INFO_V1(courier_redact_url);
+
+/* What the trigger and courier.send() remember about one outbox table. */
+typedef struct OutboxCacheEntry
+{
+	Oid			relid;			/* hash key */
+	bool		valid;
+	Oid			seqid;
+	AttrNumber	att_id;
+	AttrNumber	att_key;
+	AttrNumber	att_payload;
+	SPIPlanPtr	send_plan;
+} OutboxCacheEntry;
+
+static HTAB *outbox_cache = NULL;
+
+/*
+ * outbox_cache_invalidate
+ *		Relcache callback: forget what we know about a changed relation.
+ */
+static void
+outbox_cache_invalidate(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	OutboxCacheEntry *e;
+
+	if (outbox_cache == NULL)
+		return;
+	hash_seq_init(&status, outbox_cache);
+	while ((e = hash_seq_search(&status)) != NULL)
+	{
+		if (relid != InvalidOid && e->relid != relid)
+			continue;
+		e->valid = false;
+		if (e->send_plan)
+		{
+			SPI_freeplan(e->send_plan);
+			e->send_plan = NULL;
+		}
+	}
+}
+
+/*
+ * outbox_cache_lookup
+ *		The cache entry of an outbox relation, filled in from its tuple
+ *		descriptor and owned sequence on first use.
+ */
+static OutboxCacheEntry *
+outbox_cache_lookup(Relation rel)
+{
+	OutboxCacheEntry *e;
+	bool		found;
+	TupleDesc	desc = RelationGetDescr(rel);
+	List	   *seqs;
+
+	if (outbox_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(OutboxCacheEntry);
+		ctl.hcxt = TopMemoryContext;
+		outbox_cache = hash_create("pg_courier outboxes", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		CacheRegisterRelcacheCallback(outbox_cache_invalidate, (Datum) 0);
+	}
+	e = hash_search(outbox_cache, &rel->rd_id, HASH_ENTER, &found);
+	if (!found)
+		e->send_plan = NULL;
+	if (found && e->valid)
+		return e;
+
+	e->att_id = e->att_key = e->att_payload = InvalidAttrNumber;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped)
+			continue;
+		if (strcmp(NameStr(att->attname), "id") == 0 && att->atttypid == INT8OID)
+			e->att_id = att->attnum;
+		else if (strcmp(NameStr(att->attname), "key") == 0 && att->atttypid == TEXTOID)
+			e->att_key = att->attnum;
+		else if (strcmp(NameStr(att->attname), "payload") == 0 && att->atttypid == JSONBOID)
+			e->att_payload = att->attnum;
+	}
+	seqs = getOwnedSequences(rel->rd_id);
+	e->seqid = (seqs != NIL) ? linitial_oid(seqs) : InvalidOid;
+	if (e->att_id == InvalidAttrNumber || e->att_key == InvalidAttrNumber ||
+		e->att_payload == InvalidAttrNumber || e->seqid == InvalidOid)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" does not have the shape of a pg_courier outbox",
+						RelationGetRelationName(rel)),
+				 errdetail("An outbox needs columns id bigint, key text, payload jsonb and a sequence owned by id."),
+				 errhint("Create outboxes with courier.create_outbox().")));
+	e->valid = true;
+	return e;
+}
+
+/*
+ * courier_outbox_before_insert
+ *		BEFORE INSERT FOR EACH ROW on every outbox: checks the payload size,
+ *		registers the row's key for ordering and assigns its id.
+ */
+Datum
+courier_outbox_before_insert(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	OutboxCacheEntry *e;
+	HeapTuple	tuple;
+	Datum		d;
+	bool		isnull;
+	const char *key = NULL;
+	int			keylen = 0;
+	int64		given_id = 0;
+	int64		id;
+	int			cols[1];
+	Datum		vals[1];
+	bool		nulls[1] = {false};
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("courier._outbox_before_insert() must be a BEFORE INSERT FOR EACH ROW trigger")));
+
+	rel = trigdata->tg_relation;
+	tuple = trigdata->tg_trigtuple;
+	e = outbox_cache_lookup(rel);
+
+	d = heap_getattr(tuple, e->att_payload, RelationGetDescr(rel), &isnull);
+	if (!isnull && toast_raw_datum_size(d) - VARHDRSZ > (Size) courier_max_payload_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("event payload is too large: %zu bytes",
+						(size_t) (toast_raw_datum_size(d) - VARHDRSZ)),
+				 errdetail("courier.max_payload_bytes is %d.", courier_max_payload_bytes),
+				 errhint("Send a reference to the data instead, or raise courier.max_payload_bytes.")));
+
+	d = heap_getattr(tuple, e->att_key, RelationGetDescr(rel), &isnull);
+	if (!isnull)
+	{
+		text	   *t = DatumGetTextPP(d);
+
+		key = VARDATA_ANY(t);
+		keylen = VARSIZE_ANY_EXHDR(t);
+	}
+	d = heap_getattr(tuple, e->att_id, RelationGetDescr(rel), &isnull);
+	if (!isnull)
+		given_id = DatumGetInt64(d);
+
+	id = courier_registry_insert(rel->rd_id, e->seqid, key, keylen, given_id);
+	if (id == given_id)
+		return PointerGetDatum(tuple);
+
+	cols[0] = e->att_id;
+	vals[0] = Int64GetDatum(id);
+	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, RelationGetDescr(rel), 1, cols, vals, nulls));
+}
+
+/*
+ * is_outbox
+ *		Does the relation carry pg_courier's outbox trigger?
+ */
+static bool
+is_outbox(Relation rel)
+{
+	static Oid	trigger_fn = InvalidOid;
+	TriggerDesc *td = rel->trigdesc;
+
+	if (!OidIsValid(trigger_fn))
+	{
+		List	   *name = list_make2(makeString(COURIER_SCHEMA), makeString("_outbox_before_insert"));
+
+		trigger_fn = LookupFuncName(name, 0, NULL, true);
+	}
+	if (td == NULL || !OidIsValid(trigger_fn))
+		return false;
+	for (int i = 0; i < td->numtriggers; i++)
+		if (td->triggers[i].tgfoid == trigger_fn && td->triggers[i].tgenabled != TRIGGER_DISABLED)
+			return true;
+	return false;
+}
+
+/*
+ * send_plan_for
+ *		The saved INSERT of courier.send() for one outbox.
+ */
+static SPIPlanPtr
+send_plan_for(Oid relid)
+{
+	Relation	rel = RelationIdGetRelation(relid);
+	OutboxCacheEntry *e;
+	StringInfoData sql;
+	Oid			argtypes[5] = {UUIDOID, TEXTOID, TEXTOID, JSONBOID, JSONBOID};
+
+	if (!RelationIsValid(rel))
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("outbox with OID %u does not exist", relid)));
+	if (!is_outbox(rel))
+	{
+		char	   *name = pstrdup(RelationGetRelationName(rel));
+
+		RelationClose(rel);
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("relation \"%s\" is not a pg_courier outbox", name),
+				 errhint("Create outboxes with courier.create_outbox(); see courier.outboxes.")));
+	}
+	e = outbox_cache_lookup(rel);
+	RelationClose(rel);
+	if (e->send_plan != NULL)
+		return e->send_plan;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "INSERT INTO %s (event_id, topic, key, payload, headers) VALUES ($1, $2, $3, $4, $5)",
+					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+												get_rel_name(relid)));
+	e->send_plan = SPI_prepare(sql.data, 5, argtypes);
+	if (e->send_plan == NULL)
+		elog(ERROR, "could not prepare courier.send for outbox %u: %s", relid, SPI_result_code_string(SPI_result));
+	SPI_keepplan(e->send_plan);
+	return e->send_plan;
+}
+
+/*
+ * courier_send
+ *		courier.send(outbox, payload, key, topic, headers) RETURNS uuid:
+ *		insert one event in the caller's transaction, return its event id.
+ */
+Datum
+courier_send(PG_FUNCTION_ARGS)
+{
+	Datum		args[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	Datum		event_id;
+	int			rc;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("outbox must not be NULL")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("event payload must not be NULL"),
+				 errhint("Use '{}'::jsonb or 'null'::jsonb for an event without data.")));
+	if (!PG_ARGISNULL(4) && !JB_ROOT_IS_OBJECT(PG_GETARG_JSONB_P(4)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event headers must be a JSON object of header names and string values")));
+
+	event_id = DirectFunctionCall1(gen_random_uuid, (Datum) 0);
+	args[0] = event_id;
+	args[1] = PG_GETARG_DATUM(3);
+	nulls[1] = PG_ARGISNULL(3) ? 'n' : ' ';
+	args[2] = PG_GETARG_DATUM(2);
+	nulls[2] = PG_ARGISNULL(2) ? 'n' : ' ';
+	args[3] = PG_GETARG_DATUM(1);
+	args[4] = PG_GETARG_DATUM(4);
+	nulls[4] = PG_ARGISNULL(4) ? 'n' : ' ';
+
+	SPI_connect();
+	rc = SPI_execute_plan(send_plan_for(PG_GETARG_OID(0)), args, nulls, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "courier.send: INSERT failed: %s", SPI_result_code_string(rc));
+	SPI_finish();
+	PG_RETURN_DATUM(event_id);
+}
+
+/*
+ * courier_redact_text
+ *		A URL fit for logs and views: password and query values replaced.
+ *		Returns a palloc'd string; unparsable input is fully redacted.
+ */
+char *
+courier_redact_text(const char *url)
+{
+	CURLU	   *u = curl_url();
+	char	   *out = NULL;
+	char	   *q = NULL;
+	char	   *result;
+
+	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK)
+	{
+		curl_url_cleanup(u);
+		return pstrdup("(invalid URL)");
+	}
+	if (curl_url_get(u, CURLUPART_PASSWORD, &q, 0) == CURLUE_OK)
+	{
+		curl_url_set(u, CURLUPART_PASSWORD, "redacted", 0);
+		curl_free(q);
+		q = NULL;
+	}
+	if (curl_url_get(u, CURLUPART_QUERY, &q, 0) == CURLUE_OK)
+	{
+		/* query strings often carry tokens: keep names, drop values */
+		StringInfoData buf;
+		char	   *save;
+		char	   *part;
+
+		initStringInfo(&buf);
+		for (part = strtok_r(q, "&", &save); part; part = strtok_r(NULL, "&", &save))
+		{
+			char	   *eq = strchr(part, '=');
+
+			if (buf.len > 0)
+				appendStringInfoChar(&buf, '&');
+			if (eq)
+				appendStringInfo(&buf, "%.*s=redacted", (int) (eq - part), part);
+			else
+				appendStringInfoString(&buf, part);
+		}
+		curl_url_set(u, CURLUPART_QUERY, buf.data, 0);
+		curl_free(q);
+	}
+	curl_url_get(u, CURLUPART_URL, &out, 0);
+	result = pstrdup(out ? out : "(invalid URL)");
+	curl_free(out);
+	curl_url_cleanup(u);
+	return result;
+}
+
+/*
+ * courier_redact_url
+ *		courier._redact_url(text): SQL wrapper of courier_redact_text.
+ */
+Datum
+courier_redact_url(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(courier_redact_text(text_to_cstring(PG_GETARG_TEXT_PP(0)))));
+}
+
+/*
+ * courier_validate_endpoint
+ *		courier._validate_endpoint(endpoint, format): an absolute http(s) URL
+ *		with a host, parsed by the libcurl that will later send to it.
+ */
+Datum
+courier_validate_endpoint(PG_FUNCTION_ARGS)
+{
+	char	   *url = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	CURLU	   *u = curl_url();
+	CURLUcode	rc;
+	char	   *scheme = NULL;
+	char	   *host = NULL;
+	char	   *fragment = NULL;
+	const char *problem = NULL;
+
+	rc = curl_url_set(u, CURLUPART_URL, url, 0);
+	if (rc != CURLUE_OK)
+		problem = curl_url_strerror(rc);
+	else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+			 (pg_strcasecmp(scheme, "http") != 0 && pg_strcasecmp(scheme, "https") != 0))
+		problem = "the scheme must be http or https";
+	else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0')
+		problem = "the URL has no host";
+	else if (curl_url_get(u, CURLUPART_FRAGMENT, &fragment, 0) == CURLUE_OK)
+		problem = "the URL must not have a #fragment";
+	else if (strpbrk(url, " \t\r\n") != NULL)
+		problem = "the URL contains white space";
+
+	curl_free(scheme);
+	curl_free(host);
+	curl_free(fragment);
+	curl_url_cleanup(u);
+	if (problem)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid endpoint URL \"%s\": %s",
+						rc == CURLUE_OK ? courier_redact_text(url) : "(not shown)", problem),
+				 errhint("Use an absolute URL such as https://hooks.example.com/events%s.",
+						 strcmp(text_to_cstring(PG_GETARG_TEXT_PP(1)), "kafka_rest_v2") == 0
+						 ? " (for Kafka REST: the proxy's base URL, e.g. http://kafka-rest:8082)" : "")));
+	PG_RETURN_VOID();
+}

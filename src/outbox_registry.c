@@ -1,0 +1,637 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox_registry.c
+ *	  Shared memory of the outbox: the producer registry that keeps per-key
+ *	  order when transactions commit out of id order, the worker table used
+ *	  to wake a database's worker at commit, and per-outbox counters.
+ *
+ * Why a registry.  Outbox ids come from a sequence when the row is inserted,
+ * but rows become visible when their transaction commits.  If transaction A
+ * inserts key K with id 10 and transaction B inserts K with id 11 and
+ * commits first, a reader sees 11 without 10.  Delivering 11 then would let
+ * it overtake 10.  So every inserting transaction records, in its own slot
+ * and *before* it draws its id, the hash of each key it writes and (once
+ * known) its lowest id per outbox.  The worker reads the slots together
+ * with its snapshot, atomically with respect to commits (see below), and
+ * holds back rows of those keys at or above that id while the writing
+ * transaction is still invisible to the snapshot.  Rows of other keys flow.
+ *
+ * Atomicity.  A committing producer clears its slot after its commit is
+ * visible in the proc array, under courier's LWLock in shared mode; the
+ * worker takes its snapshot and reads the slots under the same lock in
+ * exclusive mode.  So a transaction missing from the slots the worker read
+ * is either visible in the worker's snapshot or draws its ids after it.
+ *
+ * Cost for producers: one spinlock round per row, one shared LWLock and one
+ * SetLatch per committing transaction.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "access/twophase.h"
+#include "commands/sequence.h"
+#include "common/hashfn.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/snapmgr.h"
+
+#include "pg_courier.h"
+#include "outbox_registry.h"
+
+typedef struct ProducerOutbox
+{
+	Oid			relid;
+	int64		lowid;			/* 0 until the first id is drawn: holds every id */
+	bool		all_keys;
+	int			nkeys;
+	uint32		keys[COURIER_SLOT_KEYS];
+} ProducerOutbox;
+
+typedef struct ProducerSlot
+{
+	slock_t		mutex;
+	Oid			dboid;
+	TransactionId xid;			/* InvalidTransactionId: slot unused */
+	bool		all_outboxes;	/* wrote more outboxes than fit below */
+	int			noutboxes;
+	ProducerOutbox outboxes[COURIER_SLOT_OUTBOXES];
+} ProducerSlot;
+
+typedef struct CourierShared
+{
+	LWLock	   *lock;			/* registry vs. worker snapshots; worker table */
+	int			nslots;
+	int			nworkers;
+	CourierWorkerInfo *workers;
+	slock_t		counters_mutex;
+	CourierOutboxCounters counters[COURIER_MAX_OUTBOXES];
+	ProducerSlot slots[FLEXIBLE_ARRAY_MEMBER];
+} CourierShared;
+
+static CourierShared *shared = NULL;
+
+/* backend-local: this transaction wrote to an outbox (wake the worker at commit) */
+static bool xact_wrote_outbox = false;
+static bool xact_registered = false;
+static int	cached_worker_index = -1;
+static CourierWorkerInfo *my_worker = NULL;
+
+static int
+total_slots(void)
+{
+	/* every PGPROC: backends, background workers, auxiliary and prepared */
+	return MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
+}
+
+/*
+ * courier_registry_shmem_size
+ *		Shared memory for the registry, the worker table and the counters.
+ */
+Size
+courier_registry_shmem_size(void)
+{
+	Size		size = offsetof(CourierShared, slots);
+
+	size = add_size(size, mul_size(total_slots(), sizeof(ProducerSlot)));
+	size = add_size(size, mul_size(courier_max_databases, sizeof(CourierWorkerInfo)));
+	return size;
+}
+
+/*
+ * courier_registry_shmem_init
+ *		Create or attach the shared state (caller holds AddinShmemInitLock).
+ */
+void
+courier_registry_shmem_init(void)
+{
+	bool		found;
+
+	shared = ShmemInitStruct("pg_courier registry", courier_registry_shmem_size(), &found);
+	if (found)
+		return;
+
+	memset(shared, 0, courier_registry_shmem_size());
+	shared->lock = &(GetNamedLWLockTranche("pg_courier"))->lock;
+	shared->nslots = total_slots();
+	shared->nworkers = courier_max_databases;
+	shared->workers = (CourierWorkerInfo *) &shared->slots[shared->nslots];
+	SpinLockInit(&shared->counters_mutex);
+	for (int i = 0; i < shared->nslots; i++)
+		SpinLockInit(&shared->slots[i].mutex);
+	for (int i = 0; i < COURIER_MAX_OUTBOXES; i++)
+		SpinLockInit(&shared->counters[i].mutex);
+	for (int i = 0; i < shared->nworkers; i++)
+		pg_atomic_init_u64(&shared->workers[i].rounds, 0);
+}
+
+/*
+ * courier_key_hash
+ *		The hash both producers and the worker use for keys.
+ */
+uint32
+courier_key_hash(const char *key, int len)
+{
+	return hash_bytes((const unsigned char *) key, len);
+}
+
+/*
+ * slot_outbox
+ *		Find or add this transaction's entry for relid (slot mutex held).
+ *		Returns NULL when the slot has overflowed to "all outboxes".
+ */
+static ProducerOutbox *
+slot_outbox(ProducerSlot *slot, Oid relid)
+{
+	ProducerOutbox *e;
+
+	for (int i = 0; i < slot->noutboxes; i++)
+		if (slot->outboxes[i].relid == relid)
+			return &slot->outboxes[i];
+	if (slot->noutboxes == COURIER_SLOT_OUTBOXES)
+	{
+		slot->all_outboxes = true;
+		return NULL;
+	}
+	e = &slot->outboxes[slot->noutboxes++];
+	e->relid = relid;
+	e->lowid = 0;
+	e->all_keys = false;
+	e->nkeys = 0;
+	return e;
+}
+
+/*
+ * slot_add_key
+ *		Remember that the transaction writes keyhash (slot mutex held).
+ */
+static void
+slot_add_key(ProducerOutbox *e, uint32 keyhash)
+{
+	if (e->all_keys)
+		return;
+	for (int i = 0; i < e->nkeys; i++)
+		if (e->keys[i] == keyhash)
+			return;
+	if (e->nkeys == COURIER_SLOT_KEYS)
+		e->all_keys = true;
+	else
+		e->keys[e->nkeys++] = keyhash;
+}
+
+/*
+ * courier_registry_insert
+ *		Called by the outbox trigger for every row: registers the key, then
+ *		draws the row's id from seqid (unless the row brings its own id), and
+ *		records the transaction's lowest id.  Returns the id.
+ */
+int64
+courier_registry_insert(Oid relid, Oid seqid, const char *key, int keylen, int64 given_id)
+{
+	ProducerSlot *slot = NULL;
+	ProducerOutbox *e = NULL;
+	bool		first = false;
+	int64		id;
+
+	xact_wrote_outbox = true;
+
+	/* Rows without a key carry no order: nothing to register. */
+	if (shared != NULL && key != NULL)
+	{
+		TransactionId xid = GetTopTransactionId();
+		uint32		keyhash = courier_key_hash(key, keylen);
+
+		slot = &shared->slots[COURIER_MY_PROCNO];
+		SpinLockAcquire(&slot->mutex);
+		if (slot->xid != xid)
+		{
+			slot->dboid = MyDatabaseId;
+			slot->xid = xid;
+			slot->all_outboxes = false;
+			slot->noutboxes = 0;
+		}
+		e = slot_outbox(slot, relid);
+		if (e != NULL)
+		{
+			first = (e->lowid == 0);
+			slot_add_key(e, keyhash);
+		}
+		SpinLockRelease(&slot->mutex);
+	}
+
+	id = (given_id > 0) ? given_id : nextval_internal(seqid, true);
+
+	if (e != NULL && first)
+	{
+		SpinLockAcquire(&slot->mutex);
+		if (e->lowid == 0 || id < e->lowid)
+			e->lowid = id;
+		SpinLockRelease(&slot->mutex);
+	}
+	return id;
+}
+
+/*
+ * wake_worker
+ *		Set the latch of this database's delivery worker, if it runs.
+ */
+static void
+wake_worker(void)
+{
+	CourierWorkerInfo *w;
+
+	if (shared == NULL)
+		return;
+	if (cached_worker_index < 0 || cached_worker_index >= shared->nworkers ||
+		shared->workers[cached_worker_index].dboid != MyDatabaseId)
+	{
+		cached_worker_index = -1;
+		for (int i = 0; i < shared->nworkers; i++)
+			if (shared->workers[i].dboid == MyDatabaseId && shared->workers[i].pid != 0)
+				cached_worker_index = i;
+		if (cached_worker_index < 0)
+			return;
+	}
+	w = &shared->workers[cached_worker_index];
+	if (w->pid != 0)
+		SetLatch(&ProcGlobal->allProcs[w->procno].procLatch);
+}
+
+/*
+ * clear_slot
+ *		Forget this backend's registrations.  At commit this happens under the
+ *		registry lock so that it is atomic with respect to worker snapshots.
+ */
+static void
+clear_slot(bool committed)
+{
+	ProducerSlot *slot;
+
+	if (shared == NULL)
+		return;
+	slot = &shared->slots[COURIER_MY_PROCNO];
+	if (slot->xid == InvalidTransactionId)
+		return;
+	if (committed)
+		LWLockAcquire(shared->lock, LW_SHARED);
+	SpinLockAcquire(&slot->mutex);
+	slot->xid = InvalidTransactionId;
+	slot->noutboxes = 0;
+	slot->all_outboxes = false;
+	SpinLockRelease(&slot->mutex);
+	if (committed)
+		LWLockRelease(shared->lock);
+}
+
+/*
+ * registry_xact_callback
+ *		Clear the slot at transaction end and wake the worker after commits.
+ */
+static void
+registry_xact_callback(XactEvent event, void *arg)
+{
+	if (!xact_wrote_outbox)
+		return;
+
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			/* a prepared transaction would stay invisible with its slot cleared */
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot PREPARE a transaction that has written to a pg_courier outbox")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			clear_slot(true);
+			wake_worker();
+			xact_wrote_outbox = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			clear_slot(false);
+			xact_wrote_outbox = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * courier_registry_init
+ *		Install the transaction callback (any backend that loads the module).
+ */
+void
+courier_registry_init(void)
+{
+	if (!xact_registered)
+	{
+		RegisterXactCallback(registry_xact_callback, NULL);
+		xact_registered = true;
+	}
+}
+
+/*
+ * add_holds_from_slot
+ *		Append the holds of one in-progress producer transaction.
+ */
+static void
+add_holds_from_slot(const ProducerSlot *s, CourierHoldSet *holds, int *cap)
+{
+	int			need = s->all_outboxes ? 1 : s->noutboxes;
+
+	if (holds->nholds + need > *cap)
+	{
+		*cap = Max(*cap * 2, holds->nholds + need);
+		holds->holds = repalloc(holds->holds, *cap * sizeof(CourierHold));
+	}
+	if (s->all_outboxes)
+	{
+		CourierHold *h = &holds->holds[holds->nholds++];
+
+		h->relid = InvalidOid;
+		h->lowid = 0;
+		h->all_keys = true;
+		h->nkeys = 0;
+		return;
+	}
+	for (int i = 0; i < s->noutboxes; i++)
+	{
+		CourierHold *h = &holds->holds[holds->nholds++];
+
+		h->relid = s->outboxes[i].relid;
+		h->lowid = s->outboxes[i].lowid;
+		h->all_keys = s->outboxes[i].all_keys;
+		h->nkeys = s->outboxes[i].nkeys;
+		memcpy(h->keys, s->outboxes[i].keys, sizeof(uint32) * h->nkeys);
+	}
+}
+
+/*
+ * courier_registry_snapshot
+ *		Take the transaction snapshot and, atomically with it, the holds of
+ *		every producer transaction of this database that the snapshot does
+ *		not see.  Must be the first snapshot of a REPEATABLE READ transaction
+ *		so that every query of the transaction uses it.
+ */
+Snapshot
+courier_registry_snapshot(CourierHoldSet *holds)
+{
+	Snapshot	snap;
+	int			cap = 16;
+
+	holds->nholds = 0;
+	holds->holds = palloc(cap * sizeof(CourierHold));
+
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	snap = GetTransactionSnapshot();
+	for (int i = 0; i < shared->nslots; i++)
+	{
+		ProducerSlot *s = &shared->slots[i];
+		ProducerSlot copy;
+
+		if (s->xid == InvalidTransactionId)
+			continue;
+		SpinLockAcquire(&s->mutex);
+		memcpy(&copy, s, sizeof(ProducerSlot));
+		SpinLockRelease(&s->mutex);
+		if (copy.xid == InvalidTransactionId || copy.dboid != MyDatabaseId)
+			continue;
+		if (XidInMVCCSnapshot(copy.xid, snap))
+			add_holds_from_slot(&copy, holds, &cap);
+	}
+	LWLockRelease(shared->lock);
+	return snap;
+}
+
+/*
+ * courier_hold_applies
+ *		Must the row (relid, id, keyhash) wait for an invisible transaction?
+ */
+bool
+courier_hold_applies(const CourierHoldSet *holds, Oid relid, int64 id, uint32 keyhash)
+{
+	for (int i = 0; i < holds->nholds; i++)
+	{
+		const CourierHold *h = &holds->holds[i];
+
+		if (h->relid != InvalidOid && h->relid != relid)
+			continue;
+		if (id < h->lowid)
+			continue;
+		if (h->all_keys)
+			return true;
+		for (int k = 0; k < h->nkeys; k++)
+			if (h->keys[k] == keyhash)
+				return true;
+	}
+	return false;
+}
+
+/*
+ * courier_worker_attach
+ *		Claim this database's entry in the worker table so producers can wake
+ *		us.  Returns NULL when another worker already serves the database.
+ */
+CourierWorkerInfo *
+courier_worker_attach(const char *dbname)
+{
+	CourierWorkerInfo *free_entry = NULL;
+
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < shared->nworkers; i++)
+	{
+		CourierWorkerInfo *w = &shared->workers[i];
+
+		if (w->pid != 0 && w->dboid == MyDatabaseId)
+		{
+			LWLockRelease(shared->lock);
+			return NULL;
+		}
+		if (w->pid == 0 && free_entry == NULL)
+			free_entry = w;
+	}
+	if (free_entry != NULL)
+	{
+		free_entry->dboid = MyDatabaseId;
+		strlcpy(free_entry->dbname, dbname, NAMEDATALEN);
+		free_entry->pid = MyProcPid;
+		free_entry->procno = COURIER_MY_PROCNO;
+		free_entry->started_at = GetCurrentTimestamp();
+		strlcpy(free_entry->state, "starting", sizeof(free_entry->state));
+	}
+	LWLockRelease(shared->lock);
+	my_worker = free_entry;
+	return free_entry;
+}
+
+/*
+ * courier_worker_detach
+ *		Release the worker table entry (on_shmem_exit of the worker).
+ */
+void
+courier_worker_detach(void)
+{
+	if (my_worker == NULL)
+		return;
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	my_worker->pid = 0;
+	my_worker->dboid = InvalidOid;
+	LWLockRelease(shared->lock);
+	my_worker = NULL;
+}
+
+/*
+ * courier_worker_set_state
+ *		Publish what the worker is doing (for courier.worker_status).
+ */
+void
+courier_worker_set_state(const char *state)
+{
+	if (my_worker == NULL)
+		return;
+	strlcpy(my_worker->state, state, sizeof(my_worker->state));
+	pg_atomic_fetch_add_u64(&my_worker->rounds, 1);
+}
+
+/*
+ * courier_counters_for
+ *		The counters of one outbox of this database, created on first use.
+ *		Returns NULL if the table is full (counting stops; delivery does not).
+ */
+CourierOutboxCounters *
+courier_counters_for(Oid relid)
+{
+	CourierOutboxCounters *result = NULL;
+
+	SpinLockAcquire(&shared->counters_mutex);
+	for (int i = 0; i < COURIER_MAX_OUTBOXES && result == NULL; i++)
+	{
+		CourierOutboxCounters *c = &shared->counters[i];
+
+		if (c->relid == relid && c->dboid == MyDatabaseId)
+			result = c;
+	}
+	for (int i = 0; i < COURIER_MAX_OUTBOXES && result == NULL; i++)
+	{
+		CourierOutboxCounters *c = &shared->counters[i];
+
+		if (c->relid == InvalidOid)
+		{
+			c->relid = relid;
+			c->dboid = MyDatabaseId;
+			result = c;
+		}
+	}
+	SpinLockRelease(&shared->counters_mutex);
+	return result;
+}
+
+/*
+ * courier_counters_record
+ *		Add a round's outcome to an outbox's counters.
+ */
+void
+courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 failed, const char *error)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (c == NULL)
+		return;
+	SpinLockAcquire(&c->mutex);
+	c->requests++;
+	c->delivered += delivered;
+	c->failed_attempts += failed;
+	if (delivered > 0)
+		c->last_success_at = now;
+	if (failed > 0)
+	{
+		c->last_failure_at = now;
+		if (error)
+			strlcpy(c->last_error, error, COURIER_ERRLEN);
+	}
+	SpinLockRelease(&c->mutex);
+}
+
+/* ---- SQL-callable readers of the shared state ---- */
+
+#include "funcapi.h"
+#include "utils/builtins.h"
+
+PG_FUNCTION_INFO_V1(courier_worker_counters);
+PG_FUNCTION_INFO_V1(courier_worker_status);
+
+/*
+ * courier_worker_counters
+ *		courier._worker_counters(): this database's per-outbox counters.
+ */
+Datum
+courier_worker_counters(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (shared == NULL)
+		PG_RETURN_VOID();
+	for (int i = 0; i < COURIER_MAX_OUTBOXES; i++)
+	{
+		CourierOutboxCounters c;
+		Datum		values[7];
+		bool		nulls[7] = {0};
+
+		SpinLockAcquire(&shared->counters[i].mutex);
+		memcpy(&c, &shared->counters[i], sizeof(c));
+		SpinLockRelease(&shared->counters[i].mutex);
+		if (c.relid == InvalidOid || c.dboid != MyDatabaseId)
+			continue;
+		values[0] = ObjectIdGetDatum(c.relid);
+		values[1] = Int64GetDatum((int64) c.delivered);
+		values[2] = Int64GetDatum((int64) c.failed_attempts);
+		values[3] = Int64GetDatum((int64) c.requests);
+		values[4] = CStringGetTextDatum(c.last_error);
+		nulls[4] = (c.last_error[0] == '\0');
+		values[5] = TimestampTzGetDatum(c.last_success_at);
+		nulls[5] = (c.last_success_at == 0);
+		values[6] = TimestampTzGetDatum(c.last_failure_at);
+		nulls[6] = (c.last_failure_at == 0);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	PG_RETURN_VOID();
+}
+
+/*
+ * courier_worker_status
+ *		courier.worker_status(): the delivery workers and what they are doing.
+ */
+Datum
+courier_worker_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (shared == NULL)
+		PG_RETURN_VOID();
+	LWLockAcquire(shared->lock, LW_SHARED);
+	for (int i = 0; i < shared->nworkers; i++)
+	{
+		CourierWorkerInfo *w = &shared->workers[i];
+		Datum		values[5];
+		bool		nulls[5] = {0};
+
+		if (w->pid == 0)
+			continue;
+		values[0] = DirectFunctionCall1(namein, CStringGetDatum(w->dbname));
+		values[1] = Int32GetDatum(w->pid);
+		values[2] = CStringGetTextDatum(w->state);
+		values[3] = TimestampTzGetDatum(w->started_at);
+		values[4] = Int64GetDatum((int64) pg_atomic_read_u64(&w->rounds));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	LWLockRelease(shared->lock);
+	PG_RETURN_VOID();
+}

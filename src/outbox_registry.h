@@ -1,0 +1,85 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox_registry.h
+ *	  Shared state of the outbox: which transactions are writing which keys,
+ *	  the delivery workers, and per-outbox counters.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef OUTBOX_REGISTRY_H
+#define OUTBOX_REGISTRY_H
+
+#include "port/atomics.h"
+#include "storage/spin.h"
+#include "utils/snapshot.h"
+#include "utils/timestamp.h"
+
+/* Keys remembered per (transaction, outbox) before falling back to "all keys". */
+#define COURIER_SLOT_KEYS		16
+/* Outboxes remembered per transaction before falling back to "all outboxes". */
+#define COURIER_SLOT_OUTBOXES	4
+#define COURIER_MAX_OUTBOXES	1024
+#define COURIER_ERRLEN			256
+
+/*
+ * A hold: rows of outbox relid (InvalidOid: every outbox) with id >= lowid
+ * whose key hashes to one of keys[] (or any key, if all_keys) must not be
+ * delivered yet, because a transaction still in progress may own an earlier
+ * row of the same key.
+ */
+typedef struct CourierHold
+{
+	Oid			relid;
+	int64		lowid;
+	bool		all_keys;
+	int			nkeys;
+	uint32		keys[COURIER_SLOT_KEYS];
+} CourierHold;
+
+typedef struct CourierHoldSet
+{
+	int			nholds;
+	CourierHold *holds;
+} CourierHoldSet;
+
+/* Per-outbox counters kept by the worker; read by courier.outbox_stats. */
+typedef struct CourierOutboxCounters
+{
+	Oid			dboid;
+	Oid			relid;
+	slock_t		mutex;
+	uint64		delivered;
+	uint64		failed_attempts;
+	uint64		requests;
+	TimestampTz last_success_at;
+	TimestampTz last_failure_at;
+	char		last_error[COURIER_ERRLEN];
+} CourierOutboxCounters;
+
+/* One entry per database worker. */
+typedef struct CourierWorkerInfo
+{
+	Oid			dboid;
+	char		dbname[NAMEDATALEN];
+	pid_t		pid;
+	int			procno;
+	TimestampTz started_at;
+	pg_atomic_uint64 rounds;
+	char		state[32];
+} CourierWorkerInfo;
+
+/* producer side */
+extern int64 courier_registry_insert(Oid relid, Oid seqid, const char *key, int keylen, int64 given_id);
+
+/* worker side */
+extern Snapshot courier_registry_snapshot(CourierHoldSet *holds);
+extern bool courier_hold_applies(const CourierHoldSet *holds, Oid relid, int64 id, uint32 keyhash);
+extern uint32 courier_key_hash(const char *key, int len);
+extern CourierWorkerInfo *courier_worker_attach(const char *dbname);
+extern void courier_worker_detach(void);
+extern void courier_worker_set_state(const char *state);
+extern CourierOutboxCounters *courier_counters_for(Oid relid);
+extern void courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 failed,
+									const char *error);
+
+#endif							/* OUTBOX_REGISTRY_H */

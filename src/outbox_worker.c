@@ -1,0 +1,340 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox_worker.c
+ *	  The delivery worker of one database: waits for commits into outboxes,
+ *	  reads committed rows, sends them, records the outcome, repeats.
+ *
+ * Loop.  Each turn (1) records finished requests, (2) if there is reason to
+ * (a commit woke us, requests finished, a retry or rescan is due, or the
+ * poll interval passed) reads every outbox that has in-flight budget left
+ * and starts requests, and (3) waits: on libcurl's sockets while requests
+ * are in flight, otherwise on the latch that committing producers set.
+ *
+ * Errors.  One outbox's problem (a dropped table, a bad row) is contained in
+ * a subtransaction and recorded in its stats.  Anything else lands in the
+ * sigsetjmp handler below, which reports it, forgets the in-memory delivery
+ * state (rows still pending are simply read again: at least once) and
+ * pauses a second, so the worker never spins in a crash loop.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/snapmgr.h"
+
+#include "pg_courier.h"
+#include "outbox_worker.h"
+
+PGDLLEXPORT void courier_worker_main(Datum arg);
+
+MemoryContext courier_worker_context = NULL;
+
+static List *outboxes = NIL;
+static TimestampTz last_round = 0;
+static TimestampTz last_refresh = 0;
+static TimestampTz last_maintenance = 0;
+
+#define REFRESH_INTERVAL_MS		200
+#define MAINTENANCE_INTERVAL_MS 1000
+
+/*
+ * detach_worker
+ *		on_shmem_exit: give up the worker table entry.
+ */
+static void
+detach_worker(int code, Datum arg)
+{
+	courier_worker_detach();
+}
+
+/*
+ * dispatch_one
+ *		Read and send one outbox, in a subtransaction: a failure is recorded
+ *		on the outbox and does not stop the others.  Returns "more waiting".
+ */
+static bool
+dispatch_one(OutboxState *ob, const CourierHoldSet *holds)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool more = false;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		more = courier_dispatch(ob, holds);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		courier_counters_record(ob->counters, 0, 0, NULL);
+		ereport(WARNING,
+				(errmsg("pg_courier: could not read outbox %s: %s", ob->qname, edata->message)));
+		/* statements may refer to a dropped or altered table: prepare them again */
+		if (ob->fetch_plan)
+		{
+			SPI_freeplan(ob->fetch_plan);
+			SPI_freeplan(ob->delete_plan);
+			SPI_freeplan(ob->fail_plan);
+			ob->fetch_plan = ob->delete_plan = ob->fail_plan = NULL;
+		}
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return more;
+}
+
+/*
+ * forget_all_outboxes
+ *		The extension is gone (or we recover from an error): wait for the
+ *		requests in flight and drop every in-memory state.  Rows that were in
+ *		flight stay pending in their tables and are sent again later.
+ */
+static void
+forget_all_outboxes(void)
+{
+	CourierHttpRequest *req;
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), courier_http_timeout_ms + 1000);
+
+	while (courier_http_poll(50) > 0 && GetCurrentTimestamp() < deadline)
+		CHECK_FOR_INTERRUPTS();
+	while ((req = courier_http_next_done()) != NULL)
+		courier_http_release(req);
+	/* deliveries live in child contexts of the worker context */
+	list_free(outboxes);
+	outboxes = NIL;
+	MemoryContextReset(courier_worker_context);
+	last_refresh = 0;
+}
+
+/*
+ * delivery_round
+ *		One read of every outbox, under a snapshot taken atomically with the
+ *		producer registry.  Returns true when some outbox has more waiting.
+ */
+static bool
+delivery_round(void)
+{
+	CourierHoldSet holds;
+	ListCell   *lc;
+	bool		more = false;
+	TimestampTz now = GetCurrentTimestamp();
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	/* every read of this round must use the snapshot taken with the holds */
+	XactIsoLevel = XACT_REPEATABLE_READ;
+	SPI_connect();
+
+	if (!OidIsValid(get_extension_oid(COURIER_EXTENSION, true)))
+	{
+		SPI_finish();
+		CommitTransactionCommand();
+		if (outboxes != NIL)
+			forget_all_outboxes();
+		courier_worker_set_state("waiting for CREATE EXTENSION");
+		return false;
+	}
+
+	PushActiveSnapshot(courier_registry_snapshot(&holds));
+	if (last_refresh == 0 || TimestampDifferenceExceeds(last_refresh, now, REFRESH_INTERVAL_MS))
+	{
+		courier_refresh_outboxes(&outboxes);
+		last_refresh = now;
+	}
+	foreach(lc, outboxes)
+		more |= dispatch_one(lfirst(lc), &holds);
+
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	courier_worker_set_state(outboxes == NIL ? "idle: no outboxes" : "delivering");
+	return more;
+}
+
+/*
+ * collect_finished
+ *		Record every finished request.  Returns how many there were.
+ */
+static int
+collect_finished(void)
+{
+	CourierHttpRequest *req;
+	List	   *finished = NIL;
+	int			n;
+
+	while ((req = courier_http_next_done()) != NULL)
+		finished = lappend(finished, req->owner);
+	n = list_length(finished);
+	courier_complete(finished);
+	list_free(finished);
+	return n;
+}
+
+/*
+ * timer_due
+ *		Is a rescan, a retry or the fallback poll due?
+ */
+static bool
+timer_due(TimestampTz now)
+{
+	ListCell   *lc;
+
+	if (TimestampDifferenceExceeds(last_round, now, courier_poll_interval_ms))
+		return true;
+	foreach(lc, outboxes)
+	{
+		OutboxState *ob = lfirst(lc);
+
+		if ((ob->rescan && now >= ob->rescan_at) || (ob->retry_at != 0 && now >= ob->retry_at))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * next_wait_ms
+ *		How long to sleep when nothing is in flight.
+ */
+static long
+next_wait_ms(TimestampTz now)
+{
+	long		wait = courier_poll_interval_ms;
+	ListCell   *lc;
+
+	foreach(lc, outboxes)
+	{
+		OutboxState *ob = lfirst(lc);
+
+		if (ob->rescan)
+			wait = Min(wait, TimestampDifferenceMilliseconds(now, ob->rescan_at));
+		if (ob->retry_at != 0)
+			wait = Min(wait, TimestampDifferenceMilliseconds(now, ob->retry_at) + 1);
+	}
+	return Max(wait, 1);
+}
+
+/*
+ * maintenance
+ *		Housekeeping of the other capabilities (expired idempotency keys,
+ *		saga timeouts), in its own transaction, about once a second.
+ */
+static void
+maintenance(TimestampTz now)
+{
+	if (!TimestampDifferenceExceeds(last_maintenance, now, MAINTENANCE_INTERVAL_MS))
+		return;
+	last_maintenance = now;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (OidIsValid(get_extension_oid(COURIER_EXTENSION, true)))
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		courier_idempotency_maintenance();
+		courier_saga_maintenance();
+		PopActiveSnapshot();
+	}
+	CommitTransactionCommand();
+}
+
+/*
+ * courier_worker_main
+ *		Entry point of a database's delivery worker.
+ */
+void
+courier_worker_main(Datum arg)
+{
+	char		dbname[NAMEDATALEN];
+	sigjmp_buf	local_sigjmp_buf;
+
+	strlcpy(dbname, MyBgworkerEntry->bgw_extra, NAMEDATALEN);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(dbname, NULL, 0);
+	pgstat_report_appname("pg_courier worker");
+
+	if (courier_worker_attach(dbname) == NULL)
+	{
+		ereport(LOG, (errmsg("pg_courier: database \"%s\" already has a delivery worker", dbname)));
+		proc_exit(0);
+	}
+	before_shmem_exit(detach_worker, (Datum) 0);
+
+	/* acknowledgements may be lost in a crash: the rows are then sent again */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	courier_worker_context = AllocSetContextCreate(TopMemoryContext, "pg_courier worker",
+												   ALLOCSET_DEFAULT_SIZES);
+	courier_http_init();
+	ereport(LOG, (errmsg("pg_courier: delivery worker started for database \"%s\"", dbname)));
+
+	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
+	{
+		/* error recovery, in the manner of PostgreSQL's own background processes */
+		HOLD_INTERRUPTS();
+		EmitErrorReport();
+		AbortOutOfAnyTransaction();
+		MemoryContextSwitchTo(TopMemoryContext);
+		FlushErrorState();
+		RESUME_INTERRUPTS();
+		forget_all_outboxes();
+		courier_worker_set_state("recovering from an error");
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1000, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	PG_exception_stack = &local_sigjmp_buf;
+
+	for (;;)
+	{
+		bool		woken = MyLatch->is_set;
+		int			finished;
+		bool		more = false;
+		TimestampTz now;
+
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			woken = true;
+		}
+
+		finished = collect_finished();
+		now = GetCurrentTimestamp();
+		if (woken || finished > 0 || timer_due(now))
+		{
+			more = delivery_round();
+			last_round = now;
+		}
+		maintenance(now);
+
+		if (courier_http_running() > 0)
+			courier_http_poll(more ? 0 : 10);
+		else if (!more)
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 next_wait_ms(GetCurrentTimestamp()), PG_WAIT_EXTENSION);
+	}
+}

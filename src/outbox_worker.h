@@ -1,0 +1,105 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox_worker.h
+ *	  The delivery worker's in-memory state: registered outboxes, requests
+ *	  in flight, and the rows they carry.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef OUTBOX_WORKER_H
+#define OUTBOX_WORKER_H
+
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "utils/hsearch.h"
+#include "utils/timestamp.h"
+
+#include "http.h"
+#include "outbox_registry.h"
+
+typedef enum CourierFormat
+{
+	COURIER_FORMAT_CLOUDEVENTS,
+	COURIER_FORMAT_KAFKA_REST_V2
+} CourierFormat;
+
+/* One outbox row as read for delivery (strings in the fetch's context). */
+typedef struct OutboxRow
+{
+	int64		id;
+	const char *event_id;
+	const char *topic;
+	const char *key;			/* NULL: no ordering */
+	const char *payload;		/* JSON text */
+	const char *headers;		/* "Name: value" lines, or NULL */
+	const char *time;			/* RFC 3339, UTC */
+	int			attempts;
+} OutboxRow;
+
+/* What the worker knows about one registered outbox. */
+typedef struct OutboxState
+{
+	Oid			relid;
+	bool		seen;			/* still registered at the last refresh */
+	MemoryContext cxt;			/* strings and plans below */
+	char	   *qname;			/* quoted, schema-qualified */
+	char	   *endpoint;		/* may hold credentials: never logged */
+	char	   *endpoint_shown; /* redacted */
+	char	   *default_topic;
+	char	   *source;			/* CloudEvents source */
+	CourierFormat format;
+	bool		ce_batch;
+	bool		kafka_envelope; /* Kafka value is a CloudEvent (carries the id) */
+	bool		enabled;
+	int			batch_size;
+	int			max_inflight;
+	int			timeout_ms;
+
+	int			inflight;		/* requests in flight */
+	int64		cursor;			/* rows with id <= cursor were looked at */
+	bool		rescan;			/* read again from the start soon */
+	TimestampTz rescan_at;
+	int			rescan_backoff_ms;
+	TimestampTz retry_at;		/* earliest next_attempt_at we set */
+	HTAB	   *busy_keys;		/* key hash -> rows in flight */
+	HTAB	   *inflight_ids;	/* ids in flight */
+	SPIPlanPtr	fetch_plan;
+	SPIPlanPtr	delete_plan;
+	SPIPlanPtr	fail_plan;
+	CourierOutboxCounters *counters;
+} OutboxState;
+
+/* One HTTP request and the rows it carries. */
+typedef struct Delivery
+{
+	OutboxState *ob;
+	MemoryContext cxt;
+	int			nrows;
+	int			maxrows;
+	int64	   *ids;
+	uint32	   *keyhashes;
+	bool	   *haskey;
+	const char *topic;			/* Kafka: the topic of every row */
+	char	   *url;
+	StringInfoData body;
+	const char **extra;			/* extra header lines */
+	int			nextra;
+	CourierHttpRequest *req;
+	bool		retried;		/* carries rows that failed before */
+	int			nfailed;		/* rows not acknowledged (set on completion) */
+} Delivery;
+
+/* outbox_format.c */
+extern void courier_format_cloudevent(StringInfo buf, const OutboxState *ob, const OutboxRow *r);
+extern void courier_format_kafka_record(StringInfo buf, const OutboxState *ob, const OutboxRow *r);
+extern bool courier_valid_kafka_topic(const char *topic);
+extern bool courier_parse_kafka_offsets(const char *json, int len, int nrecords, int *codes,
+										char *errbuf, int errlen);
+
+/* outbox_delivery.c */
+extern void courier_refresh_outboxes(List **outboxes);
+extern bool courier_dispatch(OutboxState *ob, const CourierHoldSet *holds);
+extern void courier_complete(List *finished);
+extern void courier_forget_outbox(OutboxState *ob);
+
+#endif							/* OUTBOX_WORKER_H */

@@ -1,0 +1,70 @@
+# CourierTest — shared helpers for pg_courier's TAP tests.
+#
+#   use CourierTest;
+#   my $node = CourierTest::node('primary', conf => ["courier.poll_interval = '200ms'"]);
+#   CourierTest::wait_until(sub { $node->safe_psql('postgres', 'select 1') eq '1' },
+#                           what => 'server answers', timeout => 30) or BAIL_OUT(...);
+#
+# Every wait is a condition with a deadline: tests never sleep and hope.
+package CourierTest;
+
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(sleep time);
+
+# node(NAME, conf => [LINES], databases => 'postgres', create => 1): a started cluster with
+# pg_courier preloaded, the extension created in 'postgres' unless create => 0.
+sub node
+{
+	my ($name, %opt) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	my $dbs = $opt{databases} // 'postgres';
+	$node->append_conf('postgresql.conf', join("\n",
+		"shared_preload_libraries = 'pg_courier'",
+		"courier.databases = '$dbs'",
+		"courier.poll_interval = '500ms'",
+		"max_worker_processes = 32",
+		"log_line_prefix = '%m [%p] %q%a '",
+		@{ $opt{conf} // [] }) . "\n");
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION pg_courier') unless defined $opt{create} && !$opt{create};
+	return $node;
+}
+
+# wait_until(CODE, timeout => SECONDS, what => TEXT): poll CODE every 50 ms until it returns
+# true; returns 1, or 0 at the deadline (with a diagnostic naming what was awaited).
+sub wait_until
+{
+	my ($code, %opt) = @_;
+	my $deadline = time + ($opt{timeout} // 60);
+	while (time < $deadline)
+	{
+		return 1 if $code->();
+		sleep 0.05;
+	}
+	diag('timed out waiting for ' . ($opt{what} // 'a condition'));
+	return 0;
+}
+
+# pending(NODE, OUTBOX, DB): rows still waiting in an outbox.
+sub pending
+{
+	my ($node, $outbox, $db) = @_;
+	return $node->safe_psql($db // 'postgres', "SELECT count(*) FROM $outbox");
+}
+
+# worker_pid(NODE, DB): pid of the database's delivery worker, '' when none runs.
+sub worker_pid
+{
+	my ($node, $db) = @_;
+	$db //= 'postgres';
+	return $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_courier worker' AND datname = '$db'");
+}
+
+1;
