@@ -126,6 +126,10 @@ BEGIN
     nsp := CASE WHEN array_length(ident, 1) = 2 THEN ident[1] ELSE 'public' END;
     rel := ident[array_length(ident, 1)];
     qname := format('%I.%I', nsp, rel);
+    IF to_regnamespace(quote_ident(nsp)) IS NULL THEN
+        RAISE EXCEPTION 'schema "%" does not exist', nsp
+            USING ERRCODE = 'invalid_schema_name', HINT = 'Create the schema first, or leave it out to use public.';
+    END IF;
     IF to_regclass(qname) IS NOT NULL THEN
         RAISE EXCEPTION 'relation % already exists', qname
             USING ERRCODE = 'duplicate_table', HINT = 'Choose another name, or drop the existing table first.';
@@ -174,7 +178,7 @@ END
 $$;
 REVOKE ALL ON FUNCTION courier._unregister_outbox(regclass) FROM PUBLIC;
 
-CREATE FUNCTION courier.drop_outbox(outbox regclass, if_exists boolean DEFAULT false)
+CREATE FUNCTION courier.drop_outbox(outbox regclass)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT courier._unregister_outbox(outbox) THEN

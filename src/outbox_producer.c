@@ -390,7 +390,7 @@ courier_validate_endpoint(PG_FUNCTION_ARGS)
 
 	rc = curl_url_set(u, CURLUPART_URL, url, 0);
 	if (rc != CURLUE_OK)
-		problem = curl_url_strerror(rc);
+		problem = psprintf("it could not be parsed (%s)", curl_url_strerror(rc));
 	else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
 			 (pg_strcasecmp(scheme, "http") != 0 && pg_strcasecmp(scheme, "https") != 0))
 		problem = "the scheme must be http or https";
@@ -408,8 +408,9 @@ courier_validate_endpoint(PG_FUNCTION_ARGS)
 	if (problem)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid endpoint URL \"%s\": %s",
-						rc == CURLUE_OK ? courier_redact_text(url) : "(not shown)", problem),
+				 rc == CURLUE_OK
+				 ? errmsg("invalid endpoint URL \"%s\": %s", courier_redact_text(url), problem)
+				 : errmsg("invalid endpoint URL: %s", problem),
 				 errhint("Use an absolute URL such as https://hooks.example.com/events%s.",
 						 strcmp(text_to_cstring(PG_GETARG_TEXT_PP(1)), "kafka_rest_v2") == 0
 						 ? " (for Kafka REST: the proxy's base URL, e.g. http://kafka-rest:8082)" : "")));

@@ -237,6 +237,40 @@ next_wait_ms(TimestampTz now)
 }
 
 /*
+ * run_contained
+ *		Run one housekeeping function in a subtransaction: its failure is
+ *		logged and does not disturb delivery.
+ */
+static void
+run_contained(void (*fn) (void), const char *what)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		fn();
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		ereport(WARNING, (errmsg("pg_courier: %s failed: %s", what, edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+}
+
+/*
  * maintenance
  *		Housekeeping of the other capabilities (expired idempotency keys,
  *		saga timeouts), in its own transaction, about once a second.
@@ -252,8 +286,8 @@ maintenance(TimestampTz now)
 	if (OidIsValid(get_extension_oid(COURIER_EXTENSION, true)))
 	{
 		PushActiveSnapshot(GetTransactionSnapshot());
-		courier_idempotency_maintenance();
-		courier_saga_maintenance();
+		run_contained(courier_idempotency_maintenance, "idempotency key sweep");
+		run_contained(courier_saga_maintenance, "saga timeout enforcement");
 		PopActiveSnapshot();
 	}
 	CommitTransactionCommand();

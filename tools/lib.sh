@@ -108,7 +108,7 @@ listen_addresses = ''
 unix_socket_directories = '$dir/sock'
 shared_preload_libraries = 'pg_courier'
 max_worker_processes = 32
-courier.databases = 'postgres, contrib_regression'
+courier.databases = 'postgres'
 log_line_prefix = '%m [%p] %q%a '
 EOF
     local line
