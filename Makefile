@@ -20,7 +20,6 @@ REGRESS_OPTS = --inputdir=. --outputdir=$(or $(REGRESS_OUTDIR),.)
 # TAP suite: test/t/*.pl with our helper modules in test/perl.
 TAP_TESTS   = 1
 PROVE_TESTS = $(or $(TAP),test/t/*.pl)
-PROVE_FLAGS = -I $(CURDIR)/test/perl
 
 PG_CPPFLAGS = -I$(srcdir)/src
 SHLIB_LINK  = -lcurl
@@ -32,6 +31,8 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 ifneq ($(PGXS),)
 include $(PGXS)
+# (after PGXS, which resets it)
+PROVE_FLAGS += -I $(CURDIR)/test/perl
 else
 all install installcheck:
 	@echo "pg_config not found ($(PG_CONFIG)); run tools/setup.sh or set PG_CONFIG" >&2; exit 1

@@ -479,10 +479,14 @@ function handleKafka(req, res, ct, parsed, parseErr, topic, t, p, ctx) {
     else part = fnv1a(binary ? r.key : JSON.stringify(key)) % np;
     const off = offs[part]++;
     let id;
+    // CloudEvents Kafka protocol binding, structured mode: the value is a whole CloudEvent
+    const ce = value !== null && typeof value === 'object' && value.specversion === '1.0' &&
+      typeof value.id === 'string' ? value : null;
     if (idField !== null && value !== null && typeof value === 'object' && value[idField] !== undefined && value[idField] !== null)
       id = String(value[idField]);
+    else if (ce !== null) id = ce.id;
     else id = `${topic}/${part}/${off}`;
-    record(t, FMT_KAFKA, id, keyStr, topic, value, part, off, null);
+    record(t, FMT_KAFKA, id, keyStr, topic, ce !== null ? ce.data : value, part, off, ce);
     out[i] = { partition: part, offset: off, error_code: null, error: null };
   }
   if (p !== null && fire(p.accept_then_fail, ctx)) return () => sendInjected(res, p.accept_then_fail, ctx);
