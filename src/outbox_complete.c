@@ -155,7 +155,7 @@ record_outcome(Delivery *d, Outcome *o)
 			Datum		arg = PointerGetDatum(construct_array(o->ok_ids, o->nok, INT8OID, 8, true, TYPALIGN_DOUBLE));
 
 			if (SPI_execute_plan(ob->delete_plan, &arg, NULL, false, 0) != SPI_OK_DELETE)
-				elog(ERROR, "could not delete delivered rows");
+				elog(ERROR, "could not delete delivered rows: %s", SPI_result_code_string(SPI_result));
 		}
 		if (o->nfail > 0)
 		{
@@ -216,11 +216,8 @@ release_delivery(Delivery *d)
 		}
 	}
 	ob->inflight--;
-	/*
-	 * Rows held behind these keys can move now; so can rows that waited
-	 * behind an earlier failure of their key, once it went through.
-	 */
-	if (ob->rescan || (d->retried && d->nfailed < d->nrows))
+	/* rows that waited behind an earlier failure of their key can move now */
+	if (d->retried && d->nfailed < d->nrows)
 	{
 		ob->rescan = true;
 		ob->rescan_at = 0;

@@ -34,7 +34,8 @@
 
 extern MemoryContext courier_worker_context;
 
-#define FETCH_COLUMNS 8
+/* Even with nothing due, read every outbox from the start this often. */
+#define FULL_SCAN_INTERVAL_MS	5000
 
 /*
  * make_state_plans
@@ -129,7 +130,6 @@ new_state(Oid relid)
 	ctl.entrysize = sizeof(int64);
 	ob->inflight_ids = hash_create("pg_courier inflight", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	ob->counters = courier_counters_for(relid);
-	ob->rescan_backoff_ms = 10;
 	return ob;
 }
 
@@ -429,6 +429,30 @@ open_delivery_for(OutboxState *ob, List **open, const OutboxRow *r, int *budget)
 }
 
 /*
+ * fail_unsendable
+ *		Record a failed attempt for a row that cannot be sent as it is, so
+ *		that it waits for its retry instead of spinning.
+ */
+static void
+fail_unsendable(OutboxState *ob, int64 id, const char *why)
+{
+	Datum		args[4];
+	Datum		v;
+
+	v = Int64GetDatum(id);
+	args[0] = PointerGetDatum(construct_array(&v, 1, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	v = Int32GetDatum(0);
+	args[1] = PointerGetDatum(construct_array(&v, 1, INT4OID, 4, true, TYPALIGN_INT));
+	v = CStringGetTextDatum(why);
+	args[2] = PointerGetDatum(construct_array(&v, 1, TEXTOID, -1, false, TYPALIGN_INT));
+	v = Int64GetDatum(-1);
+	args[3] = PointerGetDatum(construct_array(&v, 1, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(ob->fail_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "pg_courier: could not record a failed attempt in %s", ob->qname);
+	courier_counters_record(ob->counters, 0, 1, why);
+}
+
+/*
  * courier_dispatch
  *		Read ready rows of one outbox and start requests for them, within the
  *		outbox's in-flight budget.  Runs inside the round's transaction, with
@@ -444,25 +468,29 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	TimestampTz now = GetCurrentTimestamp();
 	List	   *open = NIL;
 	ListCell   *lc;
-	bool		any_held = false;
 	bool		stopped = false;
 	HTAB	   *held_keys = NULL;
+	int64		consumed = ob->cursor;
+	int64		first_held = PG_INT64_MAX;
 	uint64		n;
 
 	if (!ob->enabled || budget <= 0)
 		return false;
-	if ((ob->rescan && now >= ob->rescan_at) || (ob->retry_at != 0 && now >= ob->retry_at))
+	if ((ob->rescan && now >= ob->rescan_at) || (ob->retry_at != 0 && now >= ob->retry_at) ||
+		TimestampDifferenceExceeds(ob->last_full_scan, now, FULL_SCAN_INTERVAL_MS))
 	{
-		ob->cursor = 0;
+		/* rows behind the cursor (failed, or behind a failure) are due */
+		ob->cursor = consumed = 0;
 		ob->rescan = false;
 		ob->retry_at = 0;
+		ob->last_full_scan = now;
 	}
 	if (ob->fetch_plan == NULL)
 		make_state_plans(ob);
 
-	limit = (OB_BATCHED(ob) ? OB_BATCH(ob) : 1) * budget;
+	limit = Min((OB_BATCHED(ob) ? OB_BATCH(ob) : 1) * budget, 100000);
 	args[0] = Int64GetDatum(ob->cursor);
-	args[1] = Int32GetDatum(Min(limit, 100000));
+	args[1] = Int32GetDatum(limit);
 	args[2] = CStringGetTextDatum(ob->default_topic);
 	if (SPI_execute_plan(ob->fetch_plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "pg_courier: could not read outbox %s", ob->qname);
@@ -473,21 +501,20 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 		OutboxRow	r;
 		uint32		keyhash = 0;
 		Delivery   *d;
-		bool		skip;
 
 		read_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &r);
 		if (hash_search(ob->inflight_ids, &r.id, HASH_FIND, NULL))
 		{
-			ob->cursor = r.id;
+			consumed = r.id;
 			continue;
 		}
 		if (r.key)
 		{
 			keyhash = courier_key_hash(r.key, strlen(r.key));
-			skip = hash_search(ob->busy_keys, &keyhash, HASH_FIND, NULL) != NULL ||
-				(held_keys && hash_search(held_keys, &keyhash, HASH_FIND, NULL) != NULL) ||
-				courier_hold_applies(holds, ob->relid, r.id, keyhash);
-			if (skip)
+			/* once a key is held in this read, its later rows are held too */
+			if ((held_keys && hash_search(held_keys, &keyhash, HASH_FIND, NULL)) ||
+				hash_search(ob->busy_keys, &keyhash, HASH_FIND, NULL) ||
+				courier_hold_applies(holds, ob->relid, r.id, keyhash))
 			{
 				if (held_keys == NULL)
 				{
@@ -498,24 +525,15 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 					held_keys = hash_create("pg_courier held keys", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 				}
 				hash_search(held_keys, &keyhash, HASH_ENTER, NULL);
-				any_held = true;
-				ob->cursor = r.id;
+				first_held = Min(first_held, r.id);
+				consumed = r.id;
 				continue;
 			}
 		}
 		if (ob->format == COURIER_FORMAT_KAFKA_REST_V2 && !courier_valid_kafka_topic(r.topic))
 		{
-			/* cannot be sent: count it as a failed attempt so it does not spin */
-			Datum		id = Int64GetDatum(r.id);
-			Datum		fargs[4];
-
-			fargs[0] = PointerGetDatum(construct_array(&id, 1, INT8OID, 8, true, TYPALIGN_DOUBLE));
-			fargs[1] = PointerGetDatum(construct_array((Datum[]) {Int32GetDatum(0)}, 1, INT4OID, 4, true, TYPALIGN_INT));
-			fargs[2] = PointerGetDatum(construct_array((Datum[]) {CStringGetTextDatum("invalid Kafka topic name")}, 1, TEXTOID, -1, false, TYPALIGN_INT));
-			fargs[3] = PointerGetDatum(construct_array((Datum[]) {Int64GetDatum(-1)}, 1, INT8OID, 8, true, TYPALIGN_DOUBLE));
-			SPI_execute_plan(ob->fail_plan, fargs, NULL, false, 0);
-			courier_counters_record(ob->counters, 0, 1, "invalid Kafka topic name");
-			ob->cursor = r.id;
+			fail_unsendable(ob, r.id, "invalid Kafka topic name");
+			consumed = r.id;
 			continue;
 		}
 		d = open_delivery_for(ob, &open, &r, &budget);
@@ -525,7 +543,7 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 			break;
 		}
 		add_row(d, &r, keyhash);
-		ob->cursor = r.id;
+		consumed = r.id;
 		if (!OB_BATCHED(ob))
 		{
 			open = list_delete_ptr(open, d);
@@ -536,13 +554,12 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 		start_delivery(lfirst(lc));
 	list_free(open);
 
-	if (any_held)
-	{
-		ob->rescan = true;
-		ob->rescan_at = TimestampTzPlusMilliseconds(now, ob->rescan_backoff_ms);
-		ob->rescan_backoff_ms = Min(ob->rescan_backoff_ms * 2, courier_poll_interval_ms);
-	}
-	else
-		ob->rescan_backoff_ms = 10;
-	return !stopped && n == (uint64) Min(limit, 100000);
+	/*
+	 * Advance the cursor over what this read dealt with, but never past a
+	 * held row (it must be read again before later rows of its key) nor past
+	 * an id that a transaction still in progress may own.
+	 */
+	ob->cursor = Min(consumed, first_held - 1);
+	ob->cursor = Min(ob->cursor, courier_hold_horizon(holds, ob->relid) - 1);
+	return !stopped && n == (uint64) limit;
 }

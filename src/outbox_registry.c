@@ -410,6 +410,28 @@ courier_registry_snapshot(CourierHoldSet *holds)
 }
 
 /*
+ * courier_hold_horizon
+ *		The lowest id an invisible producer transaction may own in relid
+ *		(PG_INT64_MAX when there is none).  The worker's read cursor must
+ *		stay below it: such a row becomes visible only when its transaction
+ *		commits, and must then still be read before later rows of its key.
+ */
+int64
+courier_hold_horizon(const CourierHoldSet *holds, Oid relid)
+{
+	int64		horizon = PG_INT64_MAX;
+
+	for (int i = 0; i < holds->nholds; i++)
+	{
+		const CourierHold *h = &holds->holds[i];
+
+		if (h->relid == InvalidOid || h->relid == relid)
+			horizon = Min(horizon, h->lowid);
+	}
+	return horizon;
+}
+
+/*
  * courier_hold_applies
  *		Must the row (relid, id, keyhash) wait for an invisible transaction?
  */

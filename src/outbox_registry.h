@@ -73,6 +73,7 @@ extern int64 courier_registry_insert(Oid relid, Oid seqid, const char *key, int 
 
 /* worker side */
 extern Snapshot courier_registry_snapshot(CourierHoldSet *holds);
+extern int64 courier_hold_horizon(const CourierHoldSet *holds, Oid relid);
 extern bool courier_hold_applies(const CourierHoldSet *holds, Oid relid, int64 id, uint32 keyhash);
 extern uint32 courier_key_hash(const char *key, int len);
 extern CourierWorkerInfo *courier_worker_attach(const char *dbname);

@@ -56,10 +56,10 @@ typedef struct OutboxState
 	int			timeout_ms;
 
 	int			inflight;		/* requests in flight */
-	int64		cursor;			/* rows with id <= cursor were looked at */
+	int64		cursor;			/* rows with id <= cursor were dealt with */
 	bool		rescan;			/* read again from the start soon */
 	TimestampTz rescan_at;
-	int			rescan_backoff_ms;
+	TimestampTz last_full_scan;
 	TimestampTz retry_at;		/* earliest next_attempt_at we set */
 	HTAB	   *busy_keys;		/* key hash -> rows in flight */
 	HTAB	   *inflight_ids;	/* ids in flight */
