@@ -81,6 +81,15 @@ courier_shmem_startup(void)
 static void
 define_outbox_gucs(void)
 {
+	/* restart-only settings can only be defined while preloading */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("courier.max_databases",
+								"Maximum number of databases served by delivery workers.",
+								"Each one uses a background worker slot (max_worker_processes).",
+								&courier_max_databases,
+								16, 1, 1024,
+								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
 	DefineCustomStringVariable("courier.databases",
 							   "Comma-separated list of databases whose outboxes are delivered.",
 							   "One delivery worker runs per database; changes apply on reload.",
@@ -88,13 +97,6 @@ define_outbox_gucs(void)
 							   "postgres",
 							   PGC_SIGHUP, 0,
 							   NULL, NULL, NULL);
-	DefineCustomIntVariable("courier.max_databases",
-							"Maximum number of databases served by delivery workers.",
-							"Each one uses a background worker slot (max_worker_processes).",
-							&courier_max_databases,
-							16, 1, 1024,
-							PGC_POSTMASTER, 0,
-							NULL, NULL, NULL);
 	DefineCustomIntVariable("courier.poll_interval",
 							"Fallback interval at which the worker looks for events without a wake-up.",
 							"Commits into an outbox wake the worker at once; this is the safety net.",
