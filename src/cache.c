@@ -85,12 +85,37 @@ check_cache_size(int *newval, void **extra, GucSource source)
 
 /*
  * courier_cache_init
- *		Define the cache GUCs (called from _PG_init, preloaded or not, so that
- *		SHOW works everywhere).
+ *		Define the cache GUCs (called from _PG_init).  The sizing GUCs exist
+ *		only when preloaded: without preload there is no cache to size.
  */
 void
 courier_cache_init(void)
 {
+	DefineCustomIntVariable("courier.cache_default_ttl",
+							"Time to live of entries stored without a ttl (0: no expiry).",
+							NULL,
+							&cache_default_ttl_s,
+							0, 0, INT_MAX,
+							PGC_USERSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomRealVariable("courier.cache_ttl_jitter",
+							 "Random spread of TTLs, as a fraction (0.1: +/- 10%).",
+							 "Spreads the expiry of entries stored together so they are not reloaded together.",
+							 &cache_ttl_jitter,
+							 0.0, 0.0, 0.9,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.cache_load_timeout",
+							"How long cache_get_or_load waits for another session's loader.",
+							NULL,
+							&cache_load_timeout_ms,
+							30000, 10, INT_MAX,
+							PGC_USERSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	/* PostgreSQL allows PGC_POSTMASTER variables only at preload (FATAL otherwise) */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
 	DefineCustomIntVariable("courier.cache_size",
 							"Shared memory used by the cache (0 disables it).",
 							"Everything the cache stores, bookkeeping included, fits in this much memory.",
@@ -118,27 +143,6 @@ courier_cache_init(void)
 							&cache_partitions,
 							16, 1, 1024,
 							PGC_POSTMASTER, 0,
-							NULL, NULL, NULL);
-	DefineCustomIntVariable("courier.cache_default_ttl",
-							"Time to live of entries stored without a ttl (0: no expiry).",
-							NULL,
-							&cache_default_ttl_s,
-							0, 0, INT_MAX,
-							PGC_USERSET, GUC_UNIT_S,
-							NULL, NULL, NULL);
-	DefineCustomRealVariable("courier.cache_ttl_jitter",
-							 "Random spread of TTLs, as a fraction (0.1: +/- 10%).",
-							 "Spreads the expiry of entries stored together so they are not reloaded together.",
-							 &cache_ttl_jitter,
-							 0.0, 0.0, 0.9,
-							 PGC_USERSET, 0,
-							 NULL, NULL, NULL);
-	DefineCustomIntVariable("courier.cache_load_timeout",
-							"How long cache_get_or_load waits for another session's loader.",
-							NULL,
-							&cache_load_timeout_ms,
-							30000, 10, INT_MAX,
-							PGC_USERSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 }
 
