@@ -291,5 +291,146 @@ GRANT SELECT ON courier.outbox_stats TO PUBLIC;
 ------------------------------------------------------------------------------------------------------
 
 ------------------------------------------------------------------------------------------------------
--- (shared-memory cache) goes here
+-- Shared-memory cache (doc/cache.md)
 ------------------------------------------------------------------------------------------------------
+
+-- Values of three types; courier.cache_get returns text (jsonb and bytea convert as their casts do),
+-- the typed getters return the stored type.  Keys are namespaced by database.
+CREATE FUNCTION courier.cache_set(key text, value text, ttl interval DEFAULT NULL)
+RETURNS void LANGUAGE C AS 'MODULE_PATHNAME', 'courier_cache_set_text';
+CREATE FUNCTION courier.cache_set(key text, value jsonb, ttl interval DEFAULT NULL)
+RETURNS void LANGUAGE C AS 'MODULE_PATHNAME', 'courier_cache_set_jsonb';
+CREATE FUNCTION courier.cache_set(key text, value bytea, ttl interval DEFAULT NULL)
+RETURNS void LANGUAGE C AS 'MODULE_PATHNAME', 'courier_cache_set_bytea';
+
+CREATE FUNCTION courier.cache_get(key text)
+RETURNS text LANGUAGE C STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_cache_get';
+CREATE FUNCTION courier.cache_get_jsonb(key text)
+RETURNS jsonb LANGUAGE C STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_cache_get_jsonb';
+CREATE FUNCTION courier.cache_get_bytea(key text)
+RETURNS bytea LANGUAGE C STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_cache_get_bytea';
+
+CREATE FUNCTION courier.cache_delete(key text)
+RETURNS boolean LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'courier_cache_delete';
+CREATE FUNCTION courier.cache_delete_prefix(prefix text)
+RETURNS bigint LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'courier_cache_delete_prefix';
+CREATE FUNCTION courier.cache_clear(all_databases boolean DEFAULT false)
+RETURNS bigint LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'courier_cache_clear';
+CREATE FUNCTION courier.cache_touch(key text, ttl interval DEFAULT NULL)
+RETURNS boolean LANGUAGE C AS 'MODULE_PATHNAME', 'courier_cache_touch';
+CREATE FUNCTION courier.cache_purge_expired()
+RETURNS bigint LANGUAGE C AS 'MODULE_PATHNAME', 'courier_cache_purge_expired';
+
+-- Read-through with stampede protection: loader is a query (the key is $1) or a function name
+-- f(text); it runs with the caller's privileges.
+CREATE FUNCTION courier.cache_get_or_load(key text, loader text, ttl interval DEFAULT NULL)
+RETURNS text LANGUAGE C AS 'MODULE_PATHNAME', 'courier_cache_get_or_load';
+CREATE FUNCTION courier.cache_get_or_load_jsonb(key text, loader text, ttl interval DEFAULT NULL)
+RETURNS jsonb LANGUAGE C AS 'MODULE_PATHNAME', 'courier_cache_get_or_load_jsonb';
+
+CREATE FUNCTION courier.cache_stats(
+    OUT partitions integer, OUT shmem_bytes bigint, OUT capacity_entries bigint, OUT capacity_bytes bigint,
+    OUT max_value_bytes integer, OUT entries bigint, OUT used_bytes bigint, OUT hits bigint,
+    OUT misses bigint, OUT hit_ratio double precision, OUT sets bigint, OUT deletes bigint,
+    OUT evictions bigint, OUT expirations bigint, OUT loads bigint, OUT load_failures bigint,
+    OUT stampede_waits bigint, OUT lock_waits bigint)
+RETURNS record LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'courier_cache_stats';
+CREATE VIEW courier.cache_stats AS SELECT * FROM courier.cache_stats();
+
+CREATE FUNCTION courier.cache_partition_stats(
+    OUT partition integer, OUT capacity_entries bigint, OUT capacity_bytes bigint, OUT entries bigint,
+    OUT used_bytes bigint, OUT hits bigint, OUT misses bigint, OUT sets bigint, OUT evictions bigint,
+    OUT expirations bigint, OUT stampede_waits bigint, OUT lock_waits bigint)
+RETURNS SETOF record LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'courier_cache_partition_stats';
+CREATE VIEW courier.cache_partition_stats AS SELECT * FROM courier.cache_partition_stats();
+
+CREATE FUNCTION courier.cache_stats_reset()
+RETURNS void LANGUAGE C AS 'MODULE_PATHNAME', 'courier_cache_stats_reset';
+
+-- Test-only: moves the cache's clock forward for every backend (TTL tests without sleeping).
+CREATE FUNCTION courier._cache_test_clock_advance(by_interval interval)
+RETURNS void LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'courier_cache_test_clock_advance';
+
+-- Invalidation on commit: the trigger function renders the key template from the old and the new row
+-- and deletes the keys when the transaction commits (TRUNCATE: the template's literal prefix).
+-- The triggers depend on this function: DROP EXTENSION pg_courier CASCADE removes them.
+CREATE FUNCTION courier._cache_invalidate()
+RETURNS trigger LANGUAGE C AS 'MODULE_PATHNAME', 'courier_cache_invalidate_trigger';
+
+CREATE FUNCTION courier._cache_trigger_name(key_template text)
+RETURNS name LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp
+AS $$ SELECT ('courier_cache_inval_' || left(md5(key_template), 12))::name $$;
+
+CREATE FUNCTION courier.cache_invalidate_on(tbl regclass, key_template text)
+RETURNS name LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kind    "char";
+    col     text;
+    tgname  name;
+BEGIN
+    IF tbl IS NULL OR key_template IS NULL OR key_template = '' THEN
+        RAISE EXCEPTION 'table and key template must be given'
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'For example: courier.cache_invalidate_on(''orders'', ''order:{id}'')';
+    END IF;
+    SELECT relkind INTO kind FROM pg_class WHERE oid = tbl;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '"%" is not a table', tbl USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF regexp_replace(key_template, '\{[^{}]*\}', '', 'g') ~ '[{}]' THEN
+        RAISE EXCEPTION 'invalid cache key template "%"', key_template
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Placeholders are column names in braces, e.g. ''order:{id}''; braces cannot appear otherwise.';
+    END IF;
+    FOR col IN SELECT m[1] FROM regexp_matches(key_template, '\{([^{}]*)\}', 'g') m LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                        WHERE attrelid = tbl AND attname = col AND attnum > 0 AND NOT attisdropped) THEN
+            RAISE EXCEPTION 'column "%" of key template "%" does not exist in table %', col, key_template, tbl
+                USING ERRCODE = 'undefined_column',
+                      HINT = 'Columns: ' || (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
+                                               FROM pg_attribute
+                                              WHERE attrelid = tbl AND attnum > 0 AND NOT attisdropped);
+        END IF;
+    END LOOP;
+    tgname := courier._cache_trigger_name(key_template);
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION courier._cache_invalidate(%L)', tgname, tbl, key_template);
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION courier._cache_invalidate(%L)',
+                   tgname || '_truncate', tbl, key_template);
+    RETURN tgname;
+END
+$$;
+
+CREATE FUNCTION courier.cache_invalidate_off(tbl regclass, key_template text DEFAULT NULL)
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t       record;
+    n       integer := 0;
+BEGIN
+    FOR t IN SELECT tg.tgname FROM pg_trigger tg
+              WHERE tg.tgrelid = tbl AND tg.tgfoid = 'courier._cache_invalidate()'::regprocedure
+                AND (key_template IS NULL
+                     OR tg.tgname IN (courier._cache_trigger_name(key_template),
+                                      courier._cache_trigger_name(key_template) || '_truncate'))
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, tbl);
+        n := n + 1;
+    END LOOP;
+    RETURN n / 2;
+END
+$$;
+
+CREATE VIEW courier.cache_invalidations AS
+SELECT tg.tgrelid::regclass AS "table",
+       convert_from(substring(tg.tgargs FROM 1 FOR octet_length(tg.tgargs) - 1),
+                    pg_encoding_to_char(d.encoding)) AS key_template,
+       tg.tgname AS trigger_name
+  FROM pg_trigger tg
+  JOIN pg_database d ON d.datname = current_database()
+ WHERE tg.tgfoid = 'courier._cache_invalidate()'::regprocedure
+   AND tg.tgtype & 32 = 0;   -- the row trigger of each pair (32 = TRUNCATE)
+GRANT SELECT ON courier.cache_invalidations, courier.cache_stats, courier.cache_partition_stats TO PUBLIC;
+
+-- Clearing the whole cache, resetting statistics and the test clock are for administrators.
+REVOKE ALL ON FUNCTION courier.cache_clear(boolean), courier.cache_stats_reset(),
+                       courier._cache_test_clock_advance(interval) FROM PUBLIC;
