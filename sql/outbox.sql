@@ -1,6 +1,6 @@
 -- pg_courier: the outbox SQL surface and its errors
-CREATE EXTENSION IF NOT EXISTS pg_courier;
 SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pg_courier;
 
 -- create: default schema public, schema-qualified, quoted names
 SELECT courier.create_outbox('orders_outbox', 'https://hooks.example.com/orders');
@@ -106,4 +106,4 @@ SELECT count(*) FROM courier.outboxes;
 SELECT to_regclass('"App"."Mixed Case"') IS NULL AS table_gone;
 
 -- the registration is dumped by pg_dump (extension configuration table)
-SELECT extconfig::regclass[] FROM pg_extension WHERE extname = 'pg_courier';
+SELECT 'courier.outboxes'::regclass = ANY (extconfig) AS outboxes_dumped FROM pg_extension WHERE extname = 'pg_courier';
