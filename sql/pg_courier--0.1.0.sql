@@ -452,6 +452,11 @@ RETURNS record LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'courier_saga_next';
 CREATE FUNCTION courier.saga_purge(older_than interval DEFAULT '30 days')
 RETURNS bigint LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'courier_saga_purge';
 
+-- Runs the worker's timeout sweep now (servers without the worker, tests).  An administrative function.
+CREATE FUNCTION courier.saga_enforce_timeouts()
+RETURNS bigint LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'courier_saga_enforce_timeouts';
+REVOKE ALL ON FUNCTION courier.saga_enforce_timeouts() FROM PUBLIC;
+
 CREATE FUNCTION courier._saga_stuck_after()
 RETURNS interval LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'courier_saga_stuck_after';
 

@@ -47,6 +47,7 @@ PG_FUNCTION_INFO_V1(courier_saga_abort);
 PG_FUNCTION_INFO_V1(courier_saga_next);
 PG_FUNCTION_INFO_V1(courier_saga_purge);
 PG_FUNCTION_INFO_V1(courier_saga_stuck_after);
+PG_FUNCTION_INFO_V1(courier_saga_enforce_timeouts);
 
 /* GUCs */
 static int	saga_timeout_interval_ms = 1000;
@@ -370,7 +371,7 @@ courier_saga_start(PG_FUNCTION_ARGS)
 				 errmsg("saga type \"%s\" does not exist", saga_type),
 				 errhint("Define it with courier.saga_define().")));
 	inst.id = *id;
-	saga_init_instance(&inst, saga_def_lookup(saga_type, version));
+	saga_init_instance(&inst, saga_def_lookup(saga_type, version), GetCurrentTimestamp());
 	check_access(inst.def, who.caller);
 	if (saga_insert(&inst, data))
 		saga_send_command(&inst);
@@ -510,7 +511,7 @@ courier_saga_purge(PG_FUNCTION_ARGS)
 							  " WHERE t.saga_type OPERATOR(pg_catalog.=) i.saga_type"
 							  " AND t.version OPERATOR(pg_catalog.=) i.version"
 							  " AND i.status OPERATOR(pg_catalog.=) ANY ('{completed,compensated}'::pg_catalog.text[])"
-							  " AND i.updated_at OPERATOR(pg_catalog.<) pg_catalog.now() OPERATOR(pg_catalog.-) $1"
+							  " AND i.updated_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1)"
 							  " AND pg_catalog.pg_has_role($2, t.owner::pg_catalog.oid, 'USAGE')",
 							  2, types, args, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "pg_courier: purging sagas failed");
@@ -540,11 +541,12 @@ courier_saga_stuck_after(PG_FUNCTION_ARGS)
  *		failed (say its outbox was dropped) is reported and skipped instead
  *		of stopping the sweep.
  */
-static void
+static bool
 time_out_one(pg_uuid_t *id, TimestampTz now)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
+	volatile bool done = false;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcontext);
@@ -565,6 +567,7 @@ time_out_one(pg_uuid_t *id, TimestampTz now)
 			{
 				saga_store(&inst, (Datum) 0, (Datum) 0, false);
 				saga_send_command(&inst);
+				done = true;
 			}
 		}
 		ReleaseCurrentSubTransaction();
@@ -586,28 +589,23 @@ time_out_one(pg_uuid_t *id, TimestampTz now)
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
+	return done;
 }
 
 /*
- * courier_saga_maintenance
- *		Called by the database worker about once a second, in a transaction:
- *		when courier.saga_timeout_interval has elapsed, fail the steps that
- *		are past their deadline (which starts their retry or compensation).
- *		Rows being driven right now are skipped (SKIP LOCKED): they are
- *		either finishing the step or will be seen by the next sweep.
+ * sweep
+ *		Fail the steps that are past their deadline, looking at most at
+ *		SWEEP_BATCH sagas; returns how many it looked at and adds the number
+ *		of steps it failed to *timed_out.  Rows being driven right now are skipped
+ *		(SKIP LOCKED): they are either finishing the step or will be seen by
+ *		the next sweep.
  */
-void
-courier_saga_maintenance(void)
+static uint64
+sweep(TimestampTz now, uint64 *timed_out)
 {
-	TimestampTz now = GetCurrentTimestamp();
 	Datum		args[2];
 	pg_uuid_t  *ids;
 	uint64		n;
-
-	if (saga_timeout_interval_ms <= 0 ||
-		!TimestampDifferenceExceeds(last_sweep, now, saga_timeout_interval_ms))
-		return;
-	last_sweep = now;
 
 	SPI_connect();
 	if (plan_sweep == NULL)
@@ -635,8 +633,52 @@ courier_saga_maintenance(void)
 		ids[i] = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
 	}
 	for (uint64 i = 0; i < n; i++)
-		time_out_one(&ids[i], now);
-	if (n == SWEEP_BATCH)
-		last_sweep = 0;			/* more may be due: look again next time */
+		if (time_out_one(&ids[i], now))
+			(*timed_out)++;
 	SPI_finish();
+	return n;
+}
+
+/*
+ * courier_saga_enforce_timeouts
+ *		courier.saga_enforce_timeouts() RETURNS bigint: run the timeout sweep
+ *		now, in the caller's transaction (for servers without the worker, and
+ *		for tests).  Loops until nothing more is due.
+ */
+Datum
+courier_saga_enforce_timeouts(PG_FUNCTION_ARGS)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	SagaIdentity who;
+	uint64		total = 0;
+	uint64		n;
+
+	become_owner(&who);
+	do
+	{
+		n = sweep(now, &total);
+	} while (n == SWEEP_BATCH);
+	become_caller(&who);
+	PG_RETURN_INT64((int64) total);
+}
+
+/*
+ * courier_saga_maintenance
+ *		Called by the database worker about once a second, in a transaction:
+ *		when courier.saga_timeout_interval has elapsed, fail the steps that
+ *		are past their deadline (which starts their retry or compensation).
+ *		Cheap when nothing is due: one probe of the partial deadline index.
+ */
+void
+courier_saga_maintenance(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	uint64		timed_out = 0;
+
+	if (saga_timeout_interval_ms <= 0 ||
+		!TimestampDifferenceExceeds(last_sweep, now, saga_timeout_interval_ms))
+		return;
+	last_sweep = now;
+	if (sweep(now, &timed_out) == SWEEP_BATCH)
+		last_sweep = 0;			/* more may be due: look again next time */
 }

@@ -133,7 +133,7 @@ typedef struct SagaInstance
 extern const char *saga_status_name(SagaStatus status);
 extern SagaStatus saga_status_from_name(const char *name);
 extern const char *saga_action_name(SagaAction action);
-extern void saga_init_instance(SagaInstance *inst, SagaDef *def);
+extern void saga_init_instance(SagaInstance *inst, SagaDef *def, TimestampTz now);
 extern void saga_apply(SagaInstance *inst, SagaOp op, int step, TimestampTz now);
 extern SagaNext saga_next_action(const SagaInstance *inst);
 extern int	saga_step_index(const SagaDef *def, const char *name);

@@ -487,7 +487,10 @@ saga_send_command(SagaInstance *inst)
 	args[2] = CStringGetTextDatum(s->name);
 	args[3] = s->compensation && inst->command_compensate ? CStringGetTextDatum(s->compensation) : (Datum) 0;
 	nulls[3] = s->compensation && inst->command_compensate ? ' ' : 'n';
-	args[4] = Int32GetDatum(inst->command_compensate ? 0 : inst->attempts[inst->command_step] + 1);
+	/* the step is running when the outbox started it (see dispatch) */
+	args[4] = Int32GetDatum(inst->command_compensate ? 0 :
+							inst->attempts[inst->command_step] +
+							(inst->states[inst->command_step] == STEP_RUNNING ? 0 : 1));
 	nulls[4] = inst->command_compensate ? 'n' : ' ';
 	args[5] = CStringGetTextDatum(topic);
 	if (SPI_execute_plan(plan_send, args, nulls, false, 0) != SPI_OK_SELECT || SPI_processed != 1)

@@ -25,6 +25,8 @@
 
 #include "saga.h"
 
+static void dispatch(SagaInstance *inst, TimestampTz now);
+
 static const char *const status_names[] = {
 	"running", "compensating", "completed", "compensated", "failed"
 };
@@ -105,7 +107,7 @@ saga_step_index(const SagaDef *def, const char *name)
  *		A new saga: running, first step pending (its execute command due).
  */
 void
-saga_init_instance(SagaInstance *inst, SagaDef *def)
+saga_init_instance(SagaInstance *inst, SagaDef *def, TimestampTz now)
 {
 	inst->def = def;
 	inst->status = SAGA_RUNNING;
@@ -119,6 +121,35 @@ saga_init_instance(SagaInstance *inst, SagaDef *def)
 	inst->abort = false;
 	inst->command_step = 0;
 	inst->command_compensate = false;
+	dispatch(inst, now);
+}
+
+/*
+ * start_step
+ *		Step k is now in flight: count the attempt and arm its deadline.
+ */
+static void
+start_step(SagaInstance *inst, int k, TimestampTz now)
+{
+	inst->states[k] = STEP_RUNNING;
+	inst->attempts[k]++;
+	inst->has_deadline = inst->def->steps[k].timeout_ms > 0;
+	if (inst->has_deadline)
+		inst->deadline = now + inst->def->steps[k].timeout_ms * INT64CONST(1000);
+}
+
+/*
+ * dispatch
+ *		When the type names an outbox, the execute command written in this
+ *		transaction is what starts the step: it is running (and its timeout
+ *		counting) from the moment the command commits.  A participant may
+ *		still report saga_step_started; that is then a repeat.
+ */
+static void
+dispatch(SagaInstance *inst, TimestampTz now)
+{
+	if (inst->command_step >= 0 && !inst->command_compensate && OidIsValid(inst->def->outbox))
+		start_step(inst, inst->command_step, now);
 }
 
 /*
@@ -131,7 +162,7 @@ illegal(const SagaInstance *inst, int step, const char *what, const char *hint)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("cannot %s step \"%s\" of saga %s: the step is %s and the saga is %s",
+			 errmsg("cannot %s step \"%s\" of saga %s (step state: %s, saga status: %s)",
 					what, inst->def->steps[step].name,
 					DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&inst->id))),
 					step_state_name(inst->states[step]), saga_status_name(inst->status)),
@@ -218,11 +249,7 @@ apply_started(SagaInstance *inst, int k, TimestampTz now)
 		if (!due)
 			illegal(inst, k, "start", inst->status == SAGA_RUNNING ?
 					"Steps run in order: see courier.saga_next() for the step that is due." : NULL);
-		inst->states[k] = STEP_RUNNING;
-		inst->attempts[k]++;
-		inst->has_deadline = inst->def->steps[k].timeout_ms > 0;
-		if (inst->has_deadline)
-			inst->deadline = now + inst->def->steps[k].timeout_ms * INT64CONST(1000);
+		start_step(inst, k, now);
 		inst->changed = true;
 	}
 	/* running, or any later state: this start was applied already */
@@ -407,6 +434,7 @@ saga_apply(SagaInstance *inst, SagaOp op, int step, TimestampTz now)
 			apply_timeout(inst, step);
 			break;
 	}
+	dispatch(inst, now);
 }
 
 /*
