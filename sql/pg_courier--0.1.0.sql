@@ -283,8 +283,230 @@ GRANT SELECT ON courier.outbox_stats TO PUBLIC;
 ------------------------------------------------------------------------------------------------------
 
 ------------------------------------------------------------------------------------------------------
--- (saga-step state) goes here
+-- Saga-step state: durable state machines for multi-step business transactions (doc/saga.md)
 ------------------------------------------------------------------------------------------------------
+
+-- One row per version of a saga type.  Versions are immutable: redefining a type adds a version,
+-- running sagas stay on theirs.  Only the extension's functions write here (see src/saga.c).
+CREATE TABLE courier.saga_types (
+    saga_type   text        NOT NULL,
+    version     integer     NOT NULL CHECK (version > 0),
+    steps       jsonb       NOT NULL,
+    outbox      regclass,
+    owner       regrole     NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (saga_type, version)
+);
+COMMENT ON TABLE courier.saga_types IS 'Saga types and their versions: ordered steps, compensations, timeouts (pg_courier)';
+SELECT pg_catalog.pg_extension_config_dump('courier.saga_types', '');
+REVOKE ALL ON courier.saga_types FROM PUBLIC;
+GRANT SELECT ON courier.saga_types TO PUBLIC;
+
+-- One row per saga: a transition locks and updates this row only.  step_states holds one character
+-- per step (p pending, r running, s succeeded, f failed, t failed by timeout/abort, c compensating,
+-- x compensated, e compensation failed); courier.saga_steps spells them out.  The only secondary
+-- index is the one the timeout sweep needs, and fillfactor leaves room for HOT updates.
+CREATE TABLE courier.saga_instances (
+    saga_id      uuid        PRIMARY KEY,
+    saga_type    text        NOT NULL,
+    version      integer     NOT NULL,
+    status       text        NOT NULL
+                 CHECK (status IN ('running', 'compensating', 'completed', 'compensated', 'failed')),
+    step_states  text        NOT NULL,
+    attempts     integer[]   NOT NULL,
+    current_step integer,
+    deadline     timestamptz,
+    data         jsonb       NOT NULL DEFAULT '{}',
+    results      jsonb       NOT NULL DEFAULT '{}',
+    errors       jsonb       NOT NULL DEFAULT '{}',
+    abort_reason text,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    FOREIGN KEY (saga_type, version) REFERENCES courier.saga_types
+) WITH (fillfactor = 80);
+CREATE INDEX saga_instances_deadline ON courier.saga_instances (deadline) WHERE deadline IS NOT NULL;
+COMMENT ON TABLE courier.saga_instances IS 'Saga instances and their step states (pg_courier); read courier.sagas';
+SELECT pg_catalog.pg_extension_config_dump('courier.saga_instances', '');
+REVOKE ALL ON courier.saga_instances FROM PUBLIC;
+
+-- Checks a definition and returns it normalized: [{"name", "compensation", "timeout_ms",
+-- "max_retries"}, ...].  timeout is an interval ('10 s') or a number of seconds.
+CREATE FUNCTION courier._saga_check_definition(saga_type text, steps jsonb)
+RETURNS jsonb LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s       jsonb;
+    k       text;
+    n       integer := 0;
+    names   text[] := '{}';
+    tmo     numeric;
+    retries numeric;
+    out     jsonb := '[]';
+    name_re constant text := '^[A-Za-z_][A-Za-z0-9_-]{0,62}$';
+BEGIN
+    IF saga_type IS NULL OR saga_type !~ '^[A-Za-z_][A-Za-z0-9_.-]{0,62}$' THEN
+        RAISE EXCEPTION 'invalid saga type name "%"', saga_type
+            USING ERRCODE = 'invalid_name',
+                  HINT = 'Use up to 63 letters, digits, "_", "-" and ".", starting with a letter or "_".';
+    END IF;
+    IF steps IS NULL OR jsonb_typeof(steps) <> 'array' OR jsonb_array_length(steps) = 0 THEN
+        RAISE EXCEPTION 'saga steps must be a non-empty JSON array'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example: ''[{"name": "reserve", "compensation": "release", "timeout": "10 s"}]''';
+    END IF;
+    IF jsonb_array_length(steps) > 100 THEN
+        RAISE EXCEPTION 'a saga can have at most 100 steps' USING ERRCODE = 'program_limit_exceeded';
+    END IF;
+    FOR s IN SELECT e FROM jsonb_array_elements(steps) e LOOP
+        n := n + 1;
+        IF jsonb_typeof(s) <> 'object' THEN
+            RAISE EXCEPTION 'saga step % must be a JSON object', n USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        FOR k IN SELECT jsonb_object_keys(s) LOOP
+            IF k NOT IN ('name', 'compensation', 'timeout', 'max_retries') THEN
+                RAISE EXCEPTION 'unknown key "%" in saga step %', k, n
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Known keys: name, compensation, timeout, max_retries.';
+            END IF;
+        END LOOP;
+        IF jsonb_typeof(s -> 'name') IS DISTINCT FROM 'string' OR s ->> 'name' !~ name_re THEN
+            RAISE EXCEPTION 'saga step % needs a valid "name"', n
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use up to 63 letters, digits, "_" and "-", starting with a letter or "_".';
+        END IF;
+        IF s ->> 'name' = ANY (names) THEN
+            RAISE EXCEPTION 'duplicate saga step name "%"', s ->> 'name' USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        names := names || (s ->> 'name');
+        IF s ? 'compensation' AND jsonb_typeof(s -> 'compensation') <> 'null'
+           AND (jsonb_typeof(s -> 'compensation') <> 'string' OR s ->> 'compensation' !~ name_re) THEN
+            RAISE EXCEPTION 'invalid "compensation" of saga step "%"', s ->> 'name'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use up to 63 letters, digits, "_" and "-", starting with a letter or "_".';
+        END IF;
+        tmo := NULL;
+        IF jsonb_typeof(s -> 'timeout') = 'number' THEN
+            tmo := (s ->> 'timeout')::numeric * 1000;
+        ELSIF jsonb_typeof(s -> 'timeout') = 'string' THEN
+            BEGIN
+                tmo := extract(epoch FROM (s ->> 'timeout')::interval) * 1000;
+            EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR interval_field_overflow THEN
+                tmo := -1;
+            END;
+        ELSIF s ? 'timeout' AND jsonb_typeof(s -> 'timeout') <> 'null' THEN
+            tmo := -1;
+        END IF;
+        IF tmo IS NOT NULL AND (tmo < 1 OR tmo > 2147483647000) THEN
+            RAISE EXCEPTION 'invalid "timeout" of saga step "%": %', s ->> 'name', s -> 'timeout'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use a positive interval (''10 s'', ''5 min'') or a number of seconds.';
+        END IF;
+        retries := 0;
+        IF s ? 'max_retries' AND jsonb_typeof(s -> 'max_retries') <> 'null' THEN
+            retries := CASE WHEN jsonb_typeof(s -> 'max_retries') = 'number' THEN (s ->> 'max_retries')::numeric END;
+            IF retries IS NULL OR retries < 0 OR retries > 1000 OR retries <> trunc(retries) THEN
+                RAISE EXCEPTION 'invalid "max_retries" of saga step "%": %', s ->> 'name', s -> 'max_retries'
+                    USING ERRCODE = 'invalid_parameter_value', HINT = 'Use an integer from 0 to 1000.';
+            END IF;
+        END IF;
+        out := out || jsonb_build_array(jsonb_build_object(
+            'name', s ->> 'name',
+            'compensation', s ->> 'compensation',
+            'timeout_ms', round(tmo)::bigint,
+            'max_retries', retries::integer));
+    END LOOP;
+    RETURN out;
+END
+$$;
+
+CREATE FUNCTION courier.saga_define(saga_type text, steps jsonb, outbox regclass DEFAULT NULL)
+RETURNS integer LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'courier_saga_define';
+
+CREATE FUNCTION courier.saga_start(saga_type text, data jsonb DEFAULT '{}', saga_id uuid DEFAULT gen_random_uuid())
+RETURNS uuid LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'courier_saga_start';
+
+-- Every transition returns what is due next, like courier.saga_next().
+CREATE FUNCTION courier.saga_step_started(saga_id uuid, step text,
+    OUT status text, OUT action text, OUT step text, OUT compensation text, OUT attempt integer)
+RETURNS record LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'courier_saga_step_started';
+
+CREATE FUNCTION courier.saga_step_succeeded(saga_id uuid, step text, result jsonb DEFAULT NULL,
+    OUT status text, OUT action text, OUT step text, OUT compensation text, OUT attempt integer)
+RETURNS record LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'courier_saga_step_succeeded';
+
+CREATE FUNCTION courier.saga_step_failed(saga_id uuid, step text, error jsonb DEFAULT NULL,
+    OUT status text, OUT action text, OUT step text, OUT compensation text, OUT attempt integer)
+RETURNS record LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'courier_saga_step_failed';
+
+CREATE FUNCTION courier.saga_compensated(saga_id uuid, step text,
+    OUT status text, OUT action text, OUT step text, OUT compensation text, OUT attempt integer)
+RETURNS record LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'courier_saga_compensated';
+
+CREATE FUNCTION courier.saga_compensation_failed(saga_id uuid, step text, error jsonb DEFAULT NULL,
+    OUT status text, OUT action text, OUT step text, OUT compensation text, OUT attempt integer)
+RETURNS record LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'courier_saga_compensation_failed';
+
+CREATE FUNCTION courier.saga_abort(saga_id uuid, reason text DEFAULT NULL,
+    OUT status text, OUT action text, OUT step text, OUT compensation text, OUT attempt integer)
+RETURNS record LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'courier_saga_abort';
+
+CREATE FUNCTION courier.saga_next(saga_id uuid,
+    OUT status text, OUT action text, OUT step text, OUT compensation text, OUT attempt integer)
+RETURNS record LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'courier_saga_next';
+
+CREATE FUNCTION courier.saga_purge(older_than interval DEFAULT '30 days')
+RETURNS bigint LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'courier_saga_purge';
+
+-- Runs the worker's timeout sweep now (servers without the worker, tests).  An administrative function.
+CREATE FUNCTION courier.saga_enforce_timeouts()
+RETURNS bigint LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'courier_saga_enforce_timeouts';
+REVOKE ALL ON FUNCTION courier.saga_enforce_timeouts() FROM PUBLIC;
+
+CREATE FUNCTION courier._saga_stuck_after()
+RETURNS interval LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'courier_saga_stuck_after';
+
+-- Observability.  The views run as their owner and show the sagas of types the caller may use.
+CREATE VIEW courier.sagas AS
+SELECT i.saga_id, i.saga_type, i.version, i.status,
+       t.steps -> i.current_step ->> 'name' AS current_step,
+       i.data, i.results, i.errors, i.abort_reason, i.deadline,
+       i.started_at, i.updated_at, now() - i.started_at AS age
+  FROM courier.saga_instances i
+  JOIN courier.saga_types t USING (saga_type, version)
+ WHERE pg_has_role(t.owner, 'USAGE');
+GRANT SELECT ON courier.sagas TO PUBLIC;
+
+CREATE VIEW courier.saga_steps AS
+SELECT i.saga_id, i.saga_type, s.n::integer AS step_no, s.e ->> 'name' AS step,
+       CASE substr(i.step_states, s.n::integer, 1)
+            WHEN 'p' THEN 'pending' WHEN 'r' THEN 'running' WHEN 's' THEN 'succeeded'
+            WHEN 'f' THEN 'failed' WHEN 't' THEN 'failed' WHEN 'c' THEN 'compensating'
+            WHEN 'x' THEN 'compensated' WHEN 'e' THEN 'compensation_failed' END AS status,
+       i.attempts[s.n] AS attempts,
+       i.results -> (s.e ->> 'name') AS result,
+       i.errors -> (s.e ->> 'name') AS error,
+       s.e ->> 'compensation' AS compensation
+  FROM courier.saga_instances i
+  JOIN courier.saga_types t USING (saga_type, version)
+ CROSS JOIN LATERAL jsonb_array_elements(t.steps) WITH ORDINALITY s(e, n)
+ WHERE pg_has_role(t.owner, 'USAGE');
+GRANT SELECT ON courier.saga_steps TO PUBLIC;
+
+-- Running or compensating sagas without a transition for longer than courier.saga_stuck_after.
+CREATE VIEW courier.saga_stuck AS
+SELECT s.saga_id, s.saga_type, s.version, s.status, s.current_step, s.started_at, s.updated_at,
+       now() - s.updated_at AS stuck_for, s.age
+  FROM courier.sagas s
+ WHERE s.status IN ('running', 'compensating')
+   AND s.updated_at < now() - courier._saga_stuck_after();
+GRANT SELECT ON courier.saga_stuck TO PUBLIC;
+
+-- Counts for dashboards: sagas per type, status and current step.
+CREATE VIEW courier.saga_stats AS
+SELECT s.saga_type, s.status, s.current_step, count(*) AS sagas,
+       min(s.started_at) AS oldest_started_at, min(s.updated_at) AS oldest_updated_at
+  FROM courier.sagas s
+ GROUP BY s.saga_type, s.status, s.current_step;
+GRANT SELECT ON courier.saga_stats TO PUBLIC;
 
 ------------------------------------------------------------------------------------------------------
 -- (shard routing) goes here

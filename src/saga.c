@@ -1,13 +1,70 @@
 /*-------------------------------------------------------------------------
  *
  * saga.c
- *	  (placeholder: implemented by its own issue)
+ *	  Saga-step state: the SQL-callable functions (courier.saga_define,
+ *	  saga_start, the transitions, saga_next, saga_purge), the module's
+ *	  GUCs and the step-timeout sweep run by the database worker.
+ *
+ * Privileges: the saga tables belong to the extension owner and are not
+ * accessible to other roles.  A function checks that the caller may use
+ * the saga type (is a member of the role that defined it), then switches
+ * to the tables' owner for its SPI statements, the way a SECURITY DEFINER
+ * function would but without the cost of one on every transition.  The
+ * switch is undone on error by (sub)transaction abort.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
 #include "pg_courier.h"
+#include "saga.h"
+
+PG_FUNCTION_INFO_V1(courier_saga_define);
+PG_FUNCTION_INFO_V1(courier_saga_start);
+PG_FUNCTION_INFO_V1(courier_saga_step_started);
+PG_FUNCTION_INFO_V1(courier_saga_step_succeeded);
+PG_FUNCTION_INFO_V1(courier_saga_step_failed);
+PG_FUNCTION_INFO_V1(courier_saga_compensated);
+PG_FUNCTION_INFO_V1(courier_saga_compensation_failed);
+PG_FUNCTION_INFO_V1(courier_saga_abort);
+PG_FUNCTION_INFO_V1(courier_saga_next);
+PG_FUNCTION_INFO_V1(courier_saga_purge);
+PG_FUNCTION_INFO_V1(courier_saga_stuck_after);
+PG_FUNCTION_INFO_V1(courier_saga_enforce_timeouts);
+
+/* GUCs */
+static int	saga_timeout_interval_ms = 1000;
+static int	saga_stuck_after_s = 300;
+
+/* Rows failed per statement of the sweep; more wait for the next one. */
+#define SWEEP_BATCH		200
+
+static TimestampTz last_sweep = 0;
+static SPIPlanPtr plan_sweep = NULL;
+
+/* The caller's identity while we act as the tables' owner. */
+typedef struct SagaIdentity
+{
+	Oid			caller;
+	int			sec_context;
+} SagaIdentity;
 
 /*
  * courier_saga_init
@@ -16,14 +73,612 @@
 void
 courier_saga_init(void)
 {
+	DefineCustomIntVariable("courier.saga_timeout_interval",
+							"How often the database worker fails saga steps that are past their timeout.",
+							"0 turns timeout enforcement off.  The worker runs its housekeeping about once a second, "
+							"so shorter intervals make no difference.",
+							&saga_timeout_interval_ms,
+							1000, 0, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.saga_stuck_after",
+							"How long a running or compensating saga may go without a transition before courier.saga_stuck lists it.",
+							NULL,
+							&saga_stuck_after_s,
+							300, 1, INT_MAX / 2,
+							PGC_USERSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	saga_catalog_init();
+}
+
+/*
+ * become_owner / become_caller
+ *		Switch to the saga tables' owner for SPI work, and back.
+ */
+static void
+become_owner(SagaIdentity *id)
+{
+	Oid			owner = saga_owner_role();
+
+	GetUserIdAndSecContext(&id->caller, &id->sec_context);
+	SetUserIdAndSecContext(owner, id->sec_context | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+static void
+become_caller(SagaIdentity *id)
+{
+	SetUserIdAndSecContext(id->caller, id->sec_context);
+}
+
+/*
+ * check_access
+ *		Only members of the role that defined a saga type drive its sagas.
+ */
+static void
+check_access(SagaDef *def, Oid caller)
+{
+	if (!has_privs_of_role(caller, def->owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for saga type \"%s\"", def->saga_type),
+				 errhint("Sagas of this type can be used by members of role \"%s\".",
+						 GetUserNameFromId(def->owner, false))));
+}
+
+/*
+ * uuid_text
+ *		A uuid for messages.
+ */
+static char *
+uuid_text(pg_uuid_t *id)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)));
+}
+
+/*
+ * arg_text / arg_uuid
+ *		Mandatory arguments: NULL is an error, not a silent NULL result.
+ */
+static char *
+arg_text(FunctionCallInfo fcinfo, int n, const char *what)
+{
+	if (PG_ARGISNULL(n))
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("%s must not be NULL", what)));
+	return text_to_cstring(PG_GETARG_TEXT_PP(n));
+}
+
+static pg_uuid_t *
+arg_uuid(FunctionCallInfo fcinfo, int n)
+{
+	if (PG_ARGISNULL(n))
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("saga_id must not be NULL")));
+	return PG_GETARG_UUID_P(n);
+}
+
+/*
+ * load_or_error
+ *		Load a saga (locked when asked) or raise "does not exist".
+ */
+static void
+load_or_error(SagaInstance *inst, pg_uuid_t *id, bool lock, bool fresh)
+{
+	if (!saga_load(inst, id, lock, fresh))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("saga %s does not exist", uuid_text(id)),
+				 errhint("Start it with courier.saga_start(); finished sagas may have been purged.")));
+}
+
+/*
+ * step_or_error
+ *		The index of a named step of the saga's type.
+ */
+static int
+step_or_error(SagaInstance *inst, const char *step)
+{
+	int			k = saga_step_index(inst->def, step);
+
+	if (k < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("saga type \"%s\" (version %d) has no step \"%s\"",
+						inst->def->saga_type, inst->def->version, step)));
+	return k;
+}
+
+/*
+ * make_jsonb
+ *		Parse JSON text built here into jsonb.
+ */
+static Datum
+make_jsonb(const char *json)
+{
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(json));
+}
+
+/*
+ * next_tuple
+ *		The (status, action, step, compensation, attempt) record that
+ *		saga_next() and every transition return.
+ */
+static Datum
+next_tuple(FunctionCallInfo fcinfo, SagaDef *def, SagaNext next)
+{
+	TupleDesc	desc;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, true, true, true};
+	SagaStepDef *s = next.step >= 0 ? &def->steps[next.step] : NULL;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	values[0] = CStringGetTextDatum(saga_status_name(next.status));
+	values[1] = CStringGetTextDatum(saga_action_name(next.action));
+	if (s)
+	{
+		values[2] = CStringGetTextDatum(s->name);
+		nulls[2] = false;
+	}
+	if (s && s->compensation && next.action == SAGA_ACTION_COMPENSATE)
+	{
+		values[3] = CStringGetTextDatum(s->compensation);
+		nulls[3] = false;
+	}
+	if (next.attempt > 0)
+	{
+		values[4] = Int32GetDatum(next.attempt);
+		nulls[4] = false;
+	}
+	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls));
+}
+
+/*
+ * transition
+ *		Common body of the transition functions: lock the saga's row, apply
+ *		the transition, write the row (and the command event) when anything
+ *		changed, and return what is due next.
+ */
+static Datum
+transition(FunctionCallInfo fcinfo, SagaOp op)
+{
+	pg_uuid_t  *id = arg_uuid(fcinfo, 0);
+	char	   *step = op == SAGA_OP_ABORT ? NULL : arg_text(fcinfo, 1, "step");
+	bool		has_payload = !PG_ARGISNULL(op == SAGA_OP_ABORT ? 1 : 2);
+	Datum		payload = has_payload ? PG_GETARG_DATUM(op == SAGA_OP_ABORT ? 1 : 2) : (Datum) 0;
+	SagaInstance inst;
+	SagaIdentity who;
+	SagaNext	next;
+	int			k = -1;
+
+	SPI_connect();
+	become_owner(&who);
+	load_or_error(&inst, id, true, true);
+	check_access(inst.def, who.caller);
+	if (step)
+		k = step_or_error(&inst, step);
+
+	inst.error = (Datum) 0;
+	if (op == SAGA_OP_FAILED || op == SAGA_OP_COMPENSATION_FAILED)
+		inst.error = payload;
+	else if (op == SAGA_OP_ABORT)
+	{
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		appendStringInfoString(&buf, "{\"reason\": \"aborted\"");
+		if (has_payload)
+		{
+			appendStringInfoString(&buf, ", \"detail\": ");
+			escape_json(&buf, TextDatumGetCString(payload));
+		}
+		appendStringInfoChar(&buf, '}');
+		inst.error = make_jsonb(buf.data);
+	}
+
+	saga_apply(&inst, op, k, GetCurrentTimestamp());
+	if (inst.changed)
+	{
+		saga_store(&inst, op == SAGA_OP_SUCCEEDED ? payload : (Datum) 0,
+				   payload, op == SAGA_OP_ABORT && has_payload);
+		saga_send_command(&inst);
+	}
+	next = saga_next_action(&inst);
+	become_caller(&who);
+	SPI_finish();
+	return next_tuple(fcinfo, inst.def, next);
+}
+
+Datum
+courier_saga_step_started(PG_FUNCTION_ARGS)
+{
+	return transition(fcinfo, SAGA_OP_STARTED);
+}
+
+Datum
+courier_saga_step_succeeded(PG_FUNCTION_ARGS)
+{
+	return transition(fcinfo, SAGA_OP_SUCCEEDED);
+}
+
+Datum
+courier_saga_step_failed(PG_FUNCTION_ARGS)
+{
+	return transition(fcinfo, SAGA_OP_FAILED);
+}
+
+Datum
+courier_saga_compensated(PG_FUNCTION_ARGS)
+{
+	return transition(fcinfo, SAGA_OP_COMPENSATED);
+}
+
+Datum
+courier_saga_compensation_failed(PG_FUNCTION_ARGS)
+{
+	return transition(fcinfo, SAGA_OP_COMPENSATION_FAILED);
+}
+
+Datum
+courier_saga_abort(PG_FUNCTION_ARGS)
+{
+	return transition(fcinfo, SAGA_OP_ABORT);
+}
+
+/*
+ * courier_saga_next
+ *		courier.saga_next(saga_id): what the orchestrator should do now
+ *		(reads the saga without locking it).
+ */
+Datum
+courier_saga_next(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *id = arg_uuid(fcinfo, 0);
+	SagaInstance inst;
+	SagaIdentity who;
+	SagaNext	next;
+
+	SPI_connect();
+	become_owner(&who);
+	load_or_error(&inst, id, false, false);
+	check_access(inst.def, who.caller);
+	next = saga_next_action(&inst);
+	become_caller(&who);
+	SPI_finish();
+	return next_tuple(fcinfo, inst.def, next);
+}
+
+/*
+ * courier_saga_start
+ *		courier.saga_start(saga_type, data, saga_id) RETURNS uuid: start a
+ *		saga on the newest version of its type.  Starting an id that exists
+ *		already returns it unchanged (the first start's data wins).
+ */
+Datum
+courier_saga_start(PG_FUNCTION_ARGS)
+{
+	char	   *saga_type = arg_text(fcinfo, 0, "saga_type");
+	Datum		data = PG_ARGISNULL(1) ? make_jsonb("{}") : PG_GETARG_DATUM(1);
+	pg_uuid_t  *id = arg_uuid(fcinfo, 2);
+	SagaInstance inst;
+	SagaIdentity who;
+	int32		version;
+
+	SPI_connect();
+	become_owner(&who);
+	version = saga_latest_version(saga_type);
+	if (version == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("saga type \"%s\" does not exist", saga_type),
+				 errhint("Define it with courier.saga_define().")));
+	inst.id = *id;
+	saga_init_instance(&inst, saga_def_lookup(saga_type, version), GetCurrentTimestamp());
+	check_access(inst.def, who.caller);
+	if (saga_insert(&inst, data))
+		saga_send_command(&inst);
+	else
+	{
+		/* started before (perhaps by a transaction that just committed) */
+		load_or_error(&inst, id, false, true);
+		if (strcmp(inst.def->saga_type, saga_type) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("saga %s already exists with type \"%s\"", uuid_text(id), inst.def->saga_type)));
+		check_access(inst.def, who.caller);
+	}
+	become_caller(&who);
+	SPI_finish();
+	PG_RETURN_UUID_P(id);
+}
+
+/*
+ * courier_saga_define
+ *		courier.saga_define(saga_type, steps, outbox) RETURNS integer: the
+ *		version sagas of this type now start on.  The steps are checked and
+ *		normalized by courier._saga_check_definition (SQL); an identical
+ *		redefinition returns the current version, anything else adds a new
+ *		one (running sagas stay on theirs).
+ */
+Datum
+courier_saga_define(PG_FUNCTION_ARGS)
+{
+	char	   *saga_type = arg_text(fcinfo, 0, "saga_type");
+	Oid			outbox = PG_ARGISNULL(2) ? InvalidOid : PG_GETARG_OID(2);
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', 'n', ' '};
+	Oid			types[4] = {TEXTOID, JSONBOID, OIDOID, OIDOID};
+	SagaIdentity who;
+	Datum		steps;
+	bool		isnull;
+	int32		version = 1;
+	Oid			owner;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("steps must not be NULL")));
+
+	SPI_connect();
+	args[0] = CStringGetTextDatum(saga_type);
+	args[1] = PG_GETARG_DATUM(1);
+	if (SPI_execute_with_args("SELECT courier._saga_check_definition($1, $2)", 2, types, args, NULL, true, 1)
+		!= SPI_OK_SELECT)
+		elog(ERROR, "pg_courier: checking the saga definition failed");
+	steps = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	args[1] = steps;
+
+	become_owner(&who);
+	owner = who.caller;
+	if (OidIsValid(outbox))
+	{
+		args[2] = ObjectIdGetDatum(outbox);
+		nulls[2] = ' ';
+		if (SPI_execute_with_args("SELECT 1 FROM courier.outboxes o WHERE o.outbox::pg_catalog.oid OPERATOR(pg_catalog.=) $3",
+								  3, types, args, nulls, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("relation with OID %u is not a pg_courier outbox", outbox),
+					 errhint("Create outboxes with courier.create_outbox(); see courier.outboxes.")));
+		if (pg_class_aclcheck(outbox, who.caller, ACL_INSERT) != ACLCHECK_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for outbox %s", get_rel_name(outbox)),
+					 errhint("Commands of a saga type are written to its outbox: its definer needs INSERT on it.")));
+	}
+
+	/* one definer at a time per type, so that versions are gapless */
+	SPI_execute_with_args("SELECT pg_catalog.pg_advisory_xact_lock(1396786497, pg_catalog.hashtext($1))",
+						  1, types, args, NULL, false, 0);
+	if (SPI_execute_with_args("SELECT t.version, t.owner::pg_catalog.oid,"
+							  " t.steps OPERATOR(pg_catalog.=) $2 AND t.outbox::pg_catalog.oid IS NOT DISTINCT FROM $3"
+							  " FROM courier.saga_types t WHERE t.saga_type OPERATOR(pg_catalog.=) $1"
+							  " ORDER BY t.version DESC LIMIT 1", 3, types, args, nulls, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "pg_courier: reading saga type failed");
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+
+		version = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
+		owner = DatumGetObjectId(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+		if (!has_privs_of_role(who.caller, owner))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied to redefine saga type \"%s\"", saga_type),
+					 errhint("It belongs to role \"%s\".", GetUserNameFromId(owner, false))));
+		if (DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull)))
+		{
+			become_caller(&who);
+			SPI_finish();
+			PG_RETURN_INT32(version);
+		}
+		version++;
+	}
+	args[3] = ObjectIdGetDatum(owner);
+	args[2] = Int32GetDatum(version);
+	types[2] = INT4OID;
+	nulls[2] = ' ';
+	if (SPI_execute_with_args("INSERT INTO courier.saga_types (saga_type, version, steps, outbox, owner)"
+							  " VALUES ($1, $3, $2, $5::pg_catalog.regclass, $4::pg_catalog.regrole)",
+							  5, (Oid[]) {TEXTOID, JSONBOID, INT4OID, OIDOID, OIDOID},
+							  (Datum[]) {args[0], args[1], args[2], args[3], ObjectIdGetDatum(outbox)},
+							  (char[]) {' ', ' ', ' ', ' ', OidIsValid(outbox) ? ' ' : 'n'},
+							  false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "pg_courier: inserting saga type failed");
+	become_caller(&who);
+	SPI_finish();
+	PG_RETURN_INT32(version);
+}
+
+/*
+ * courier_saga_purge
+ *		courier.saga_purge(older_than) RETURNS bigint: delete completed and
+ *		compensated sagas (of types the caller may use) whose last
+ *		transition is older than older_than.  Failed sagas are kept: they
+ *		wait for someone to look at them.
+ */
+Datum
+courier_saga_purge(PG_FUNCTION_ARGS)
+{
+	SagaIdentity who;
+	Datum		args[2];
+	Oid			types[2] = {INTERVALOID, OIDOID};
+	uint64		n;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("older_than must not be NULL")));
+	SPI_connect();
+	become_owner(&who);
+	args[0] = PG_GETARG_DATUM(0);
+	args[1] = ObjectIdGetDatum(who.caller);
+	if (SPI_execute_with_args("DELETE FROM courier.saga_instances i USING courier.saga_types t"
+							  " WHERE t.saga_type OPERATOR(pg_catalog.=) i.saga_type"
+							  " AND t.version OPERATOR(pg_catalog.=) i.version"
+							  " AND i.status OPERATOR(pg_catalog.=) ANY ('{completed,compensated}'::pg_catalog.text[])"
+							  " AND i.updated_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1)"
+							  " AND pg_catalog.pg_has_role($2, t.owner::pg_catalog.oid, 'USAGE')",
+							  2, types, args, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "pg_courier: purging sagas failed");
+	n = SPI_processed;
+	become_caller(&who);
+	SPI_finish();
+	PG_RETURN_INT64((int64) n);
+}
+
+/*
+ * courier_saga_stuck_after
+ *		The courier.saga_stuck_after setting as an interval (for the view).
+ */
+Datum
+courier_saga_stuck_after(PG_FUNCTION_ARGS)
+{
+	Interval   *iv = palloc0(sizeof(Interval));
+
+	iv->time = (int64) saga_stuck_after_s * USECS_PER_SEC;
+	PG_RETURN_INTERVAL_P(iv);
+}
+
+/*
+ * time_out_one
+ *		Fail the running step of one saga (locked by the sweep) if it is
+ *		still past its deadline, in a subtransaction: a saga that cannot be
+ *		failed (say its outbox was dropped) is reported and skipped instead
+ *		of stopping the sweep.
+ */
+static bool
+time_out_one(pg_uuid_t *id, TimestampTz now)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	volatile bool done = false;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcontext);
+	PG_TRY();
+	{
+		SagaInstance inst;
+
+		if (saga_load(&inst, id, true, true) && inst.status == SAGA_RUNNING && inst.current >= 0 &&
+			inst.states[inst.current] == STEP_RUNNING && inst.has_deadline && inst.deadline <= now)
+		{
+			char		json[128];
+
+			snprintf(json, sizeof(json), "{\"reason\": \"timeout\", \"timeout_ms\": " INT64_FORMAT "}",
+					 inst.def->steps[inst.current].timeout_ms);
+			inst.error = make_jsonb(json);
+			saga_apply(&inst, SAGA_OP_TIMEOUT, inst.current, now);
+			if (inst.changed)
+			{
+				saga_store(&inst, (Datum) 0, (Datum) 0, false);
+				saga_send_command(&inst);
+				done = true;
+			}
+		}
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+		ereport(WARNING,
+				(errmsg("pg_courier: could not time out a step of saga %s: %s", uuid_text(id), edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	return done;
+}
+
+/*
+ * sweep
+ *		Fail the steps that are past their deadline, looking at most at
+ *		SWEEP_BATCH sagas; returns how many it looked at and adds the number
+ *		of steps it failed to *timed_out.  Rows being driven right now are skipped
+ *		(SKIP LOCKED): they are either finishing the step or will be seen by
+ *		the next sweep.
+ */
+static uint64
+sweep(TimestampTz now, uint64 *timed_out)
+{
+	Datum		args[2];
+	pg_uuid_t  *ids;
+	uint64		n;
+
+	SPI_connect();
+	if (plan_sweep == NULL)
+	{
+		Oid			types[2] = {TIMESTAMPTZOID, INT8OID};
+
+		plan_sweep = SPI_prepare("SELECT saga_id FROM courier.saga_instances"
+								 " WHERE deadline OPERATOR(pg_catalog.<=) $1"
+								 " ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED", 2, types);
+		if (plan_sweep == NULL)
+			elog(ERROR, "pg_courier: could not prepare the saga sweep");
+		SPI_keepplan(plan_sweep);
+	}
+	args[0] = TimestampTzGetDatum(now);
+	args[1] = Int64GetDatum(SWEEP_BATCH);
+	if (SPI_execute_plan(plan_sweep, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "pg_courier: saga sweep failed");
+
+	n = SPI_processed;
+	ids = palloc(sizeof(pg_uuid_t) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		ids[i] = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	for (uint64 i = 0; i < n; i++)
+		if (time_out_one(&ids[i], now))
+			(*timed_out)++;
+	SPI_finish();
+	return n;
+}
+
+/*
+ * courier_saga_enforce_timeouts
+ *		courier.saga_enforce_timeouts() RETURNS bigint: run the timeout sweep
+ *		now, in the caller's transaction (for servers without the worker, and
+ *		for tests).  Loops until nothing more is due.
+ */
+Datum
+courier_saga_enforce_timeouts(PG_FUNCTION_ARGS)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	SagaIdentity who;
+	uint64		total = 0;
+	uint64		n;
+
+	become_owner(&who);
+	do
+	{
+		n = sweep(now, &total);
+	} while (n == SWEEP_BATCH);
+	become_caller(&who);
+	PG_RETURN_INT64((int64) total);
 }
 
 /*
  * courier_saga_maintenance
- *		Called by the database worker between delivery rounds (in a transaction).
+ *		Called by the database worker about once a second, in a transaction:
+ *		when courier.saga_timeout_interval has elapsed, fail the steps that
+ *		are past their deadline (which starts their retry or compensation).
+ *		Cheap when nothing is due: one probe of the partial deadline index.
  */
 void
 courier_saga_maintenance(void)
 {
-}
+	TimestampTz now = GetCurrentTimestamp();
+	uint64		timed_out = 0;
 
+	if (saga_timeout_interval_ms <= 0 ||
+		!TimestampDifferenceExceeds(last_sweep, now, saga_timeout_interval_ms))
+		return;
+	last_sweep = now;
+	if (sweep(now, &timed_out) == SWEEP_BATCH)
+		last_sweep = 0;			/* more may be due: look again next time */
+}
