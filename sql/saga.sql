@@ -1,6 +1,6 @@
 -- pg_courier: saga-step state — the order-flow example end to end, and every rule of the state machine
-CREATE EXTENSION IF NOT EXISTS pg_courier;
 SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pg_courier;
 
 -- deterministic saga ids, and a way to show an error's SQLSTATE with its message
 CREATE FUNCTION sid(n integer) RETURNS uuid LANGUAGE sql IMMUTABLE
