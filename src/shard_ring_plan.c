@@ -17,13 +17,15 @@
  *	  hashes off the largest range of the currently most over-target node
  *	  (the new point is placed inside that range, so the range's lower part
  *	  moves to the new node and nothing else moves);
- *	- a removed node's ranges, largest first, are handed whole to the most
- *	  under-target remaining node (nothing else moves);
+ *	- a removed node's ranges pass to the owner of the next point, as in a
+ *	  classic ring, unless that owner would go over its target; those go to
+ *	  the node furthest below target (nothing else moves, and removing the
+ *	  node added last routes every key as before it was added);
  *	- the first node of an empty ring gets evenly spaced points starting at
  *	  hash(node).
  *
  * The result is deterministic for a given ring and change, keeps every node
- * within one vnode's share of its target, and keeps the consistent-hashing
+ * within about one percent of its target, and keeps the consistent-hashing
  * guarantees exactly: adding a node moves keys only onto it, removing one
  * moves only its keys.  The points are stored in courier.ring_points, so
  * routing (here or in an application) needs only the stored points.
@@ -179,21 +181,6 @@ plan_total_weight(RingPlan *plan)
 }
 
 /*
- * cmp_arc_desc
- *		qsort: points by arc, largest first; ties by position (determinism).
- */
-static int
-cmp_arc_desc(const void *a, const void *b)
-{
-	const PlanPoint *pa = a;
-	const PlanPoint *pb = b;
-
-	if (arc_size(pa->arc) != arc_size(pb->arc))
-		return arc_size(pa->arc) > arc_size(pb->arc) ? -1 : 1;
-	return pa->pos < pb->pos ? -1 : (pa->pos > pb->pos ? 1 : 0);
-}
-
-/*
  * cmp_pos_signed
  *		qsort: points by position as signed 64-bit (the stored order).
  */
@@ -227,51 +214,94 @@ plan_rebuild(RingPlan *plan, PlanPoint *pts, int n)
 
 /*
  * plan_remove_unwanted
- *		Hand the ranges of nodes not in the requested membership, largest
- *		first, to the remaining node furthest below its target.  If no node
- *		remains the ring becomes empty.
+ *		Hand the ranges of nodes not in the requested membership to remaining
+ *		nodes (their points stay, with a new owner).  A range goes to the
+ *		node owning the next remaining point, as in a classic ring, unless
+ *		that would take it more than REMOVE_SLACK over its target; then it
+ *		goes to the node furthest below its target.  Removing the node added
+ *		last therefore gives every range back to the node it was taken from
+ *		(those nodes end exactly at their old targets), and removing a
+ *		long-standing node still leaves the ring balanced.
  */
+#define REMOVE_SLACK 0.01
+
 static void
 plan_remove_unwanted(RingPlan *plan)
 {
-	PlanPoint  *keep = palloc(sizeof(PlanPoint) * Max(plan->npts, 1));
-	PlanPoint  *orphans = palloc(sizeof(PlanPoint) * Max(plan->npts, 1));
-	int			nkeep = 0;
-	int			norphans = 0;
+	PlanPoint  *pts = plan->pts;
+	int			n = plan->npts;
+	int		   *next_owner = palloc(sizeof(int) * Max(n, 1));
+	int			owner = -1;
 	double		total;
 
-	for (int i = 0; i < plan->npts; i++)
+	qsort(pts, n, sizeof(PlanPoint), cmp_pos_signed);
+	/* owner of the first remaining point after each point (cyclic: two passes) */
+	for (int pass = 0; pass < 2; pass++)
+		for (int i = n - 1; i >= 0; i--)
+		{
+			next_owner[i] = owner;
+			if (plan->nodes[pts[i].node].wanted)
+				owner = pts[i].node;
+		}
+	if (owner < 0 || n == 0)
 	{
-		if (plan->nodes[plan->pts[i].node].wanted)
-			keep[nkeep++] = plan->pts[i];
-		else
-			orphans[norphans++] = plan->pts[i];
+		plan_rebuild(plan, pts, 0);		/* nobody remains: empty ring */
+		return;
 	}
-	if (norphans == 0)
-		return;
-	plan_rebuild(plan, keep, nkeep);
-	if (nkeep == 0)
-		return;
 
-	total = plan_total_weight(plan);
-	qsort(orphans, norphans, sizeof(PlanPoint), cmp_arc_desc);
-	for (int i = 0; i < norphans; i++)
+	/* loads and targets of the remaining nodes only */
 	{
+		PlanPoint  *copy = palloc(sizeof(PlanPoint) * n);
+		int			nkeep = 0;
+
+		for (int i = 0; i < n; i++)
+			if (plan->nodes[pts[i].node].wanted)
+				copy[nkeep++] = pts[i];
+		for (int i = 0; i < n; i++)
+			if (!plan->nodes[pts[i].node].wanted)
+			{
+				copy[nkeep] = pts[i];
+				copy[nkeep++].node = -1 - next_owner[i];	/* pending, remember successor */
+			}
+		n = nkeep;
+		pts = copy;
+	}
+	plan->npts = 0;
+	for (int i = 0; i < plan->nnodes; i++)
+	{
+		plan->nodes[i].head = plan->nodes[i].largest = -1;
+		plan->nodes[i].load = 0;
+		plan->nodes[i].placed = false;
+	}
+	for (int i = 0; i < n && pts[i].node >= 0; i++)
+		plan_add_point(plan, pts[i].pos, pts[i].arc, pts[i].node);
+	total = plan_total_weight(plan);
+
+	for (int i = 0; i < n; i++)
+	{
+		int			succ;
 		int			best = -1;
 		double		best_excess = 0;
 
-		for (int k = 0; k < plan->nnodes; k++)
-		{
-			PlanNode   *n = &plan->nodes[k];
-			double		excess;
+		if (pts[i].node >= 0)
+			continue;
+		succ = -1 - pts[i].node;
+		if (plan->nodes[succ].load + arc_size(pts[i].arc) <=
+			(1.0 + REMOVE_SLACK) * RING_SPACE * plan->nodes[succ].weight / total)
+			best = succ;
+		else
+			for (int k = 0; k < plan->nnodes; k++)
+			{
+				PlanNode   *nd = &plan->nodes[k];
+				double		excess;
 
-			if (!n->placed)
-				continue;
-			excess = n->load - RING_SPACE * n->weight / total;
-			if (best < 0 || excess < best_excess)
-				best = k, best_excess = excess;
-		}
-		plan_add_point(plan, orphans[i].pos, orphans[i].arc, best);
+				if (!nd->placed)
+					continue;
+				excess = nd->load - RING_SPACE * nd->weight / total;
+				if (best < 0 || excess < best_excess)
+					best = k, best_excess = excess;
+			}
+		plan_add_point(plan, pts[i].pos, pts[i].arc, best);
 	}
 }
 
