@@ -36,7 +36,13 @@ typedef struct RingEntry
 	int			npoints;
 	int64	   *pos;
 	text	  **node;			/* per point; equal names share one copy */
+	/* radix index: bucket b (top `bits` bits of the hash) starts at point first[b] */
+	int			shift;			/* 64 - bits */
+	int		   *first;			/* nbuckets + 1 entries, first[nbuckets] = npoints */
 } RingEntry;
+
+/* An order-preserving map from signed positions to unsigned ones. */
+#define RING_UNSIGNED(x)	((uint64) (x) ^ (UINT64CONST(1) << 63))
 
 /* The rings cached in the current generation. */
 static RingEntry *ring_list = NULL;
@@ -48,6 +54,33 @@ typedef struct RingRouteCache
 	uint64		generation;
 	RingEntry  *ring;
 } RingRouteCache;
+
+/*
+ * ring_build_index
+ *		About two buckets per point (at most 2^20): a route then searches the
+ *		few points of one bucket instead of the whole ring, which avoids the
+ *		branch mispredictions of a long binary search.
+ */
+static void
+ring_build_index(RingEntry *ring, MemoryContext cxt)
+{
+	int			bits = 1;
+	int			nbuckets;
+	int			p = 0;
+
+	while (bits < 20 && (1 << bits) < 2 * ring->npoints)
+		bits++;
+	nbuckets = 1 << bits;
+	ring->shift = 64 - bits;
+	ring->first = MemoryContextAlloc(cxt, sizeof(int) * (nbuckets + 1));
+	for (int b = 0; b < nbuckets; b++)
+	{
+		while (p < ring->npoints && (int) (RING_UNSIGNED(ring->pos[p]) >> ring->shift) < b)
+			p++;
+		ring->first[b] = p;
+	}
+	ring->first[nbuckets] = ring->npoints;
+}
 
 /*
  * ring_load
@@ -95,6 +128,7 @@ ring_load(const char *name, MemoryContext cxt)
 		ring->node[i] = last;
 	}
 	SPI_finish();
+	ring_build_index(ring, cxt);
 	return ring;
 }
 
@@ -134,14 +168,16 @@ ring_lookup(const char *name)
 
 /*
  * ring_find_point
- *		Index of the first point at or after hash, wrapping to 0: binary
- *		search over the sorted positions.
+ *		Index of the first point at or after hash, wrapping to 0: a binary
+ *		search within the hash's bucket (every point of later buckets is
+ *		greater, so the answer is in the bucket or is the next bucket's first).
  */
 static inline int
 ring_find_point(const RingEntry *ring, int64 hash)
 {
-	int			lo = 0;
-	int			hi = ring->npoints;
+	uint64		bucket = RING_UNSIGNED(hash) >> ring->shift;
+	int			lo = ring->first[bucket];
+	int			hi = ring->first[bucket + 1];
 
 	while (lo < hi)
 	{
