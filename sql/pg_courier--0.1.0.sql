@@ -509,8 +509,517 @@ SELECT s.saga_type, s.status, s.current_step, count(*) AS sagas,
 GRANT SELECT ON courier.saga_stats TO PUBLIC;
 
 ------------------------------------------------------------------------------------------------------
--- (shard routing) goes here
+-- Shard routing (issue 6): Citus hash shards, jump hash, Redis slots, consistent-hash rings, maps.
+-- doc/sharding.md describes every object below.
 ------------------------------------------------------------------------------------------------------
+
+-- Stateless routing: the same answers as Citus, a jump-hash client and a Redis Cluster client.
+CREATE FUNCTION courier.shard_for(value anyelement, shard_count integer)
+RETURNS integer LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_shard_for';
+
+CREATE FUNCTION courier.shard_index(hash integer, shard_count integer)
+RETURNS integer LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_shard_index';
+
+CREATE FUNCTION courier.shard_range(shard_count integer, shard integer, OUT min_hash integer, OUT max_hash integer)
+RETURNS record LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_shard_range';
+
+CREATE FUNCTION courier.shard_ranges(shard_count integer)
+RETURNS TABLE (shard integer, min_hash integer, max_hash integer)
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT s, r.min_hash, r.max_hash
+      FROM generate_series(0, shard_count - 1) s, courier.shard_range(shard_count, s) r
+     ORDER BY s
+$$;
+
+CREATE FUNCTION courier.jump_hash(key bigint, buckets integer)
+RETURNS integer LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_jump_hash_int8';
+
+CREATE FUNCTION courier.jump_hash(key text, buckets integer)
+RETURNS integer LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_jump_hash_text';
+
+CREATE FUNCTION courier.redis_slot(key text)
+RETURNS integer LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_redis_slot';
+
+CREATE FUNCTION courier.redis_slot(key bytea)
+RETURNS integer LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_redis_slot_bytea';
+
+-- Rings and maps are user configuration: readable by everyone (routing reads them as the caller),
+-- writable by their owner (row-level security), dumped with the database.
+CREATE TABLE courier.rings (
+    name       text        PRIMARY KEY CHECK (name <> ''),
+    vnodes     integer     NOT NULL CHECK (vnodes BETWEEN 1 AND 10000),
+    owner      regrole     NOT NULL DEFAULT current_user::regrole,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE courier.rings IS 'Consistent-hash rings and their default vnode count (pg_courier)';
+
+CREATE TABLE courier.ring_nodes (
+    ring     text        NOT NULL REFERENCES courier.rings ON DELETE CASCADE,
+    node     text        NOT NULL CHECK (octet_length(node) BETWEEN 1 AND 255),
+    vnodes   integer     NOT NULL CHECK (vnodes BETWEEN 1 AND 10000),
+    added_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (ring, node)
+);
+COMMENT ON TABLE courier.ring_nodes IS 'Members of each ring with their weight in vnodes (pg_courier)';
+
+-- The points of each ring: the point at pos owns the key hashes in (previous point, pos].
+CREATE TABLE courier.ring_points (
+    ring text   NOT NULL,
+    pos  bigint NOT NULL,
+    node text   NOT NULL,
+    PRIMARY KEY (ring, pos),
+    FOREIGN KEY (ring, node) REFERENCES courier.ring_nodes ON DELETE CASCADE
+);
+CREATE INDEX ring_points_node_idx ON courier.ring_points (ring, node);
+COMMENT ON TABLE courier.ring_points IS 'Virtual-node positions of each ring, as placed by the allocator (pg_courier)';
+
+CREATE TABLE courier.maps (
+    name           text        PRIMARY KEY CHECK (name <> ''),
+    kind           text        NOT NULL CHECK (kind IN ('range', 'directory')),
+    default_target text,
+    owner          regrole     NOT NULL DEFAULT current_user::regrole,
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE courier.maps IS 'Range and directory shard maps (pg_courier)';
+
+CREATE TABLE courier.map_ranges (
+    map    text      NOT NULL REFERENCES courier.maps ON DELETE CASCADE,
+    keys   int8range NOT NULL CHECK (NOT isempty(keys)),
+    target text      NOT NULL,
+    PRIMARY KEY (map, keys)
+);
+COMMENT ON TABLE courier.map_ranges IS 'Key ranges of range maps, [lower, upper) (pg_courier)';
+
+CREATE TABLE courier.map_keys (
+    map    text NOT NULL REFERENCES courier.maps ON DELETE CASCADE,
+    key    text NOT NULL,
+    target text NOT NULL,
+    PRIMARY KEY (map, key)
+);
+COMMENT ON TABLE courier.map_keys IS 'Entries of directory maps (pg_courier)';
+
+SELECT pg_catalog.pg_extension_config_dump('courier.rings', '');
+SELECT pg_catalog.pg_extension_config_dump('courier.ring_nodes', '');
+SELECT pg_catalog.pg_extension_config_dump('courier.ring_points', '');
+SELECT pg_catalog.pg_extension_config_dump('courier.maps', '');
+SELECT pg_catalog.pg_extension_config_dump('courier.map_ranges', '');
+SELECT pg_catalog.pg_extension_config_dump('courier.map_keys', '');
+
+-- May the current role change this ring / map?  (Used by the row-level security policies.)
+CREATE FUNCTION courier._may_edit_ring(ring text)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM courier.rings r WHERE r.name = ring AND pg_has_role(r.owner, 'USAGE'))
+$$;
+CREATE FUNCTION courier._may_edit_map(map text)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM courier.maps m WHERE m.name = map AND pg_has_role(m.owner, 'USAGE'))
+$$;
+
+ALTER TABLE courier.rings ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readable ON courier.rings FOR SELECT USING (true);
+CREATE POLICY owner_writes ON courier.rings FOR ALL
+    USING (pg_catalog.pg_has_role(owner, 'USAGE')) WITH CHECK (pg_catalog.pg_has_role(owner, 'USAGE'));
+ALTER TABLE courier.ring_nodes ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readable ON courier.ring_nodes FOR SELECT USING (true);
+CREATE POLICY owner_writes ON courier.ring_nodes FOR ALL
+    USING (courier._may_edit_ring(ring)) WITH CHECK (courier._may_edit_ring(ring));
+ALTER TABLE courier.ring_points ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readable ON courier.ring_points FOR SELECT USING (true);
+CREATE POLICY owner_writes ON courier.ring_points FOR ALL
+    USING (courier._may_edit_ring(ring)) WITH CHECK (courier._may_edit_ring(ring));
+ALTER TABLE courier.maps ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readable ON courier.maps FOR SELECT USING (true);
+CREATE POLICY owner_writes ON courier.maps FOR ALL
+    USING (pg_catalog.pg_has_role(owner, 'USAGE')) WITH CHECK (pg_catalog.pg_has_role(owner, 'USAGE'));
+ALTER TABLE courier.map_ranges ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readable ON courier.map_ranges FOR SELECT USING (true);
+CREATE POLICY owner_writes ON courier.map_ranges FOR ALL
+    USING (courier._may_edit_map(map)) WITH CHECK (courier._may_edit_map(map));
+ALTER TABLE courier.map_keys ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readable ON courier.map_keys FOR SELECT USING (true);
+CREATE POLICY owner_writes ON courier.map_keys FOR ALL
+    USING (courier._may_edit_map(map)) WITH CHECK (courier._may_edit_map(map));
+
+GRANT SELECT, INSERT, UPDATE, DELETE ON courier.rings, courier.ring_nodes, courier.ring_points,
+    courier.maps, courier.map_ranges, courier.map_keys TO PUBLIC;
+
+-- Every backend caches rings and maps; a statement trigger queues a relcache invalidation of the
+-- changed table, which other backends receive at commit (and never for a rolled-back change).
+CREATE FUNCTION courier._shard_invalidate()
+RETURNS trigger LANGUAGE C AS 'MODULE_PATHNAME', 'courier_shard_invalidate';
+REVOKE ALL ON FUNCTION courier._shard_invalidate() FROM PUBLIC;
+CREATE TRIGGER courier_invalidate AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON courier.rings
+    FOR EACH STATEMENT EXECUTE FUNCTION courier._shard_invalidate();
+CREATE TRIGGER courier_invalidate AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON courier.ring_points
+    FOR EACH STATEMENT EXECUTE FUNCTION courier._shard_invalidate();
+CREATE TRIGGER courier_invalidate AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON courier.maps
+    FOR EACH STATEMENT EXECUTE FUNCTION courier._shard_invalidate();
+CREATE TRIGGER courier_invalidate AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON courier.map_ranges
+    FOR EACH STATEMENT EXECUTE FUNCTION courier._shard_invalidate();
+CREATE TRIGGER courier_invalidate AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON courier.map_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION courier._shard_invalidate();
+
+-- Pure helpers (C): the balanced point allocation, and the hash ranges two rings disagree on.
+CREATE FUNCTION courier._ring_plan(cur_pos bigint[], cur_node text[], nodes text[], vnodes integer[])
+RETURNS TABLE (pos bigint, node text)
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_ring_plan';
+
+CREATE FUNCTION courier._ring_diff(old_pos bigint[], old_node text[], new_pos bigint[], new_node text[])
+RETURNS TABLE (range_start bigint, range_end bigint, from_node text, to_node text, fraction double precision)
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_ring_diff';
+
+CREATE FUNCTION courier.ring_route(name text, key text)
+RETURNS text LANGUAGE C STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_ring_route';
+
+-- Node lists: not NULL, not empty, no NULL / empty / duplicate names.
+CREATE FUNCTION courier._check_nodes(nodes text[])
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    dup text;
+BEGIN
+    IF nodes IS NULL OR cardinality(nodes) = 0 THEN
+        RAISE EXCEPTION 'a ring needs at least one node'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example: ARRAY[''db1'', ''db2'', ''db3'']';
+    END IF;
+    IF array_position(nodes, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'node names must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(nodes) n WHERE octet_length(n) NOT BETWEEN 1 AND 255) THEN
+        RAISE EXCEPTION 'node names must be 1 to 255 bytes long' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT n INTO dup FROM unnest(nodes) n GROUP BY n HAVING count(*) > 1 LIMIT 1;
+    IF dup IS NOT NULL THEN
+        RAISE EXCEPTION 'node "%" is listed more than once', dup USING ERRCODE = 'duplicate_object';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION courier._check_vnodes(vnodes integer)
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF vnodes IS NULL OR vnodes NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'vnodes must be between 1 and 10000, not %', coalesce(vnodes::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = '150 virtual nodes per node is the usual choice.';
+    END IF;
+END
+$$;
+
+-- Find a ring the caller may change and lock it against concurrent changes.
+CREATE FUNCTION courier._ring_lock(ring_name text)
+RETURNS courier.rings LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r courier.rings;
+BEGIN
+    IF ring_name IS NULL THEN
+        RAISE EXCEPTION 'ring name must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO r FROM courier.rings x WHERE x.name = ring_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'ring "%" does not exist', ring_name
+            USING ERRCODE = 'undefined_object', HINT = 'courier.rings lists the rings.';
+    END IF;
+    IF NOT pg_has_role(r.owner, 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of ring "%"', ring_name USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    SELECT * INTO r FROM courier.rings x WHERE x.name = ring_name FOR UPDATE;
+    RETURN r;
+END
+$$;
+
+-- Replace a ring's points by the allocation for the given membership (see doc/sharding.md).
+CREATE FUNCTION courier._ring_apply(ring_name text, nodes text[], vnodes integer[])
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cur_pos  bigint[];
+    cur_node text[];
+BEGIN
+    SELECT coalesce(array_agg(p.pos ORDER BY p.pos), '{}'), coalesce(array_agg(p.node ORDER BY p.pos), '{}')
+      INTO cur_pos, cur_node
+      FROM courier.ring_points p WHERE p.ring = ring_name;
+    -- the arrays hold the current points, so the old rows can go before the new ones are computed
+    DELETE FROM courier.ring_points p WHERE p.ring = ring_name;
+    INSERT INTO courier.ring_points (ring, pos, node)
+    SELECT ring_name, x.pos, x.node FROM courier._ring_plan(cur_pos, cur_node, nodes, vnodes) x;
+END
+$$;
+
+CREATE FUNCTION courier.ring_create(name text, nodes text[], vnodes integer DEFAULT 150)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF name IS NULL OR name = '' THEN
+        RAISE EXCEPTION 'ring name must not be NULL or empty' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM courier._check_nodes(nodes);
+    PERFORM courier._check_vnodes(vnodes);
+    IF EXISTS (SELECT 1 FROM courier.rings r WHERE r.name = ring_create.name) THEN
+        RAISE EXCEPTION 'ring "%" already exists', name
+            USING ERRCODE = 'duplicate_object', HINT = 'Use courier.ring_add_node to grow it, or courier.ring_drop first.';
+    END IF;
+    INSERT INTO courier.rings (name, vnodes) VALUES (ring_create.name, ring_create.vnodes);
+    INSERT INTO courier.ring_nodes (ring, node, vnodes) SELECT ring_create.name, n, ring_create.vnodes FROM unnest(nodes) n;
+    PERFORM courier._ring_apply(name, nodes, array_fill(vnodes, ARRAY[cardinality(nodes)]));
+END
+$$;
+
+CREATE FUNCTION courier.ring_add_node(name text, node text, vnodes integer DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r     courier.rings := courier._ring_lock(name);
+    v     integer := coalesce(vnodes, r.vnodes);
+    nodes text[];
+    vn    integer[];
+BEGIN
+    PERFORM courier._check_nodes(ARRAY[node]);
+    PERFORM courier._check_vnodes(v);
+    IF EXISTS (SELECT 1 FROM courier.ring_nodes n WHERE n.ring = r.name AND n.node = ring_add_node.node) THEN
+        RAISE EXCEPTION 'node "%" is already in ring "%"', node, r.name USING ERRCODE = 'duplicate_object';
+    END IF;
+    SELECT array_agg(n.node ORDER BY n.node) || ring_add_node.node, array_agg(n.vnodes ORDER BY n.node) || v
+      INTO nodes, vn FROM courier.ring_nodes n WHERE n.ring = r.name;
+    INSERT INTO courier.ring_nodes (ring, node, vnodes) VALUES (r.name, ring_add_node.node, v);
+    PERFORM courier._ring_apply(r.name, nodes, vn);
+END
+$$;
+
+CREATE FUNCTION courier.ring_remove_node(name text, node text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r     courier.rings := courier._ring_lock(name);
+    nodes text[];
+    vn    integer[];
+BEGIN
+    IF node IS NULL OR NOT EXISTS (SELECT 1 FROM courier.ring_nodes n WHERE n.ring = r.name AND n.node = ring_remove_node.node) THEN
+        RAISE EXCEPTION 'node "%" is not in ring "%"', node, r.name USING ERRCODE = 'undefined_object';
+    END IF;
+    SELECT array_agg(n.node ORDER BY n.node), array_agg(n.vnodes ORDER BY n.node)
+      INTO nodes, vn FROM courier.ring_nodes n WHERE n.ring = r.name AND n.node <> ring_remove_node.node;
+    IF nodes IS NULL THEN
+        RAISE EXCEPTION 'cannot remove "%", the last node of ring "%"', node, r.name
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Drop the ring with courier.ring_drop instead.';
+    END IF;
+    PERFORM courier._ring_apply(r.name, nodes, vn);
+    DELETE FROM courier.ring_nodes n WHERE n.ring = r.name AND n.node = ring_remove_node.node;
+END
+$$;
+
+CREATE FUNCTION courier.ring_drop(name text, if_exists boolean DEFAULT false)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF if_exists AND name IS NOT NULL AND NOT EXISTS (SELECT 1 FROM courier.rings r WHERE r.name = ring_drop.name) THEN
+        RAISE NOTICE 'ring "%" does not exist, skipping', name;
+        RETURN;
+    END IF;
+    PERFORM courier._ring_lock(name);
+    DELETE FROM courier.rings r WHERE r.name = ring_drop.name;
+END
+$$;
+
+-- What would move if the ring had exactly new_nodes (new ones with the ring's default vnodes).
+CREATE FUNCTION courier.ring_moves(name text, new_nodes text[])
+RETURNS TABLE (range_start bigint, range_end bigint, from_node text, to_node text, fraction double precision)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r        courier.rings;
+    cur_pos  bigint[];
+    cur_node text[];
+    vn       integer[];
+BEGIN
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'ring name must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO r FROM courier.rings x WHERE x.name = ring_moves.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'ring "%" does not exist', name USING ERRCODE = 'undefined_object';
+    END IF;
+    PERFORM courier._check_nodes(new_nodes);
+    SELECT array_agg(p.pos ORDER BY p.pos), array_agg(p.node ORDER BY p.pos)
+      INTO cur_pos, cur_node FROM courier.ring_points p WHERE p.ring = r.name;
+    SELECT array_agg(coalesce(n.vnodes, r.vnodes) ORDER BY u.i) INTO vn
+      FROM unnest(new_nodes) WITH ORDINALITY u(node, i)
+      LEFT JOIN courier.ring_nodes n ON n.ring = r.name AND n.node = u.node;
+    RETURN QUERY
+    SELECT d.range_start, d.range_end, d.from_node, d.to_node, d.fraction
+      FROM (SELECT array_agg(p.pos ORDER BY p.pos) AS pos, array_agg(p.node ORDER BY p.pos) AS node
+              FROM courier._ring_plan(cur_pos, cur_node, new_nodes, vn) p) np,
+           courier._ring_diff(cur_pos, cur_node, np.pos, np.node) d;
+END
+$$;
+
+-- Share of the 64-bit hash space each node owns.
+CREATE VIEW courier.ring_ownership AS
+WITH p AS (
+    SELECT rp.ring, rp.node, rp.pos::numeric AS pos,
+           lag(rp.pos::numeric) OVER w AS prev,
+           last_value(rp.pos::numeric) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS last
+      FROM courier.ring_points rp
+    WINDOW w AS (PARTITION BY rp.ring ORDER BY rp.pos)
+)
+SELECT p.ring, p.node, n.vnodes, count(*) AS points,
+       (sum(p.pos - coalesce(p.prev, p.last - 18446744073709551616)) / 18446744073709551616)::float8 AS ownership
+  FROM p JOIN courier.ring_nodes n ON n.ring = p.ring AND n.node = p.node
+ GROUP BY p.ring, p.node, n.vnodes;
+GRANT SELECT ON courier.ring_ownership TO PUBLIC;
+
+-- Load per node for a sample of keys (hot keys show up as skew > 1).
+CREATE FUNCTION courier.ring_balance(name text, sample text[])
+RETURNS TABLE (node text, keys bigint, share double precision, ownership double precision, skew double precision)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    ring_name text := name;
+    total     bigint := coalesce(cardinality(sample), 0);
+BEGIN
+    IF ring_name IS NULL THEN
+        RAISE EXCEPTION 'ring name must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM courier.rings r WHERE r.name = ring_name) THEN
+        RAISE EXCEPTION 'ring "%" does not exist', ring_name USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN QUERY
+    WITH routed AS (
+        SELECT courier.ring_route(ring_name, k) AS node, count(*) AS n
+          FROM unnest(sample) k WHERE k IS NOT NULL GROUP BY 1
+    )
+    SELECT o.node, coalesce(rt.n, 0)::bigint,
+           CASE WHEN total > 0 THEN coalesce(rt.n, 0)::float8 / total END,
+           o.ownership,
+           CASE WHEN total > 0 THEN coalesce(rt.n, 0)::float8 / total / o.ownership END
+      FROM courier.ring_ownership o LEFT JOIN routed rt ON rt.node = o.node
+     WHERE o.ring = ring_name
+     ORDER BY o.node;
+END
+$$;
+
+-- Maps.
+CREATE FUNCTION courier.map_route(name text, key text)
+RETURNS text LANGUAGE C STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_map_route_text';
+CREATE FUNCTION courier.map_route(name text, key bigint)
+RETURNS text LANGUAGE C STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_map_route_int8';
+
+CREATE FUNCTION courier._map_lock(map_name text, want_kind text)
+RETURNS courier.maps LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m courier.maps;
+BEGIN
+    IF map_name IS NULL THEN
+        RAISE EXCEPTION 'map name must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO m FROM courier.maps x WHERE x.name = map_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'map "%" does not exist', map_name
+            USING ERRCODE = 'undefined_object', HINT = 'courier.maps lists the maps.';
+    END IF;
+    IF NOT pg_has_role(m.owner, 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of map "%"', map_name USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF want_kind IS NOT NULL AND m.kind <> want_kind THEN
+        RAISE EXCEPTION 'map "%" is a % map', map_name, m.kind
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = CASE m.kind WHEN 'range' THEN 'Use courier.map_set(name, lower bigint, upper bigint, target).'
+                                     ELSE 'Use courier.map_set(name, key text, target).' END;
+    END IF;
+    SELECT * INTO m FROM courier.maps x WHERE x.name = map_name FOR UPDATE;
+    RETURN m;
+END
+$$;
+
+CREATE FUNCTION courier.map_create(name text, kind text, default_target text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF name IS NULL OR name = '' THEN
+        RAISE EXCEPTION 'map name must not be NULL or empty' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF kind IS NULL OR kind NOT IN ('range', 'directory') THEN
+        RAISE EXCEPTION 'unknown map kind "%"', kind
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use ''range'' or ''directory''.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM courier.maps m WHERE m.name = map_create.name) THEN
+        RAISE EXCEPTION 'map "%" already exists', name USING ERRCODE = 'duplicate_object';
+    END IF;
+    INSERT INTO courier.maps (name, kind, default_target) VALUES (name, kind, default_target);
+END
+$$;
+
+CREATE FUNCTION courier.map_set(name text, key text, target text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m courier.maps := courier._map_lock(name, 'directory');
+BEGIN
+    IF key IS NULL OR target IS NULL THEN
+        RAISE EXCEPTION 'map key and target must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'Use courier.map_unset to remove a key.';
+    END IF;
+    INSERT INTO courier.map_keys AS k (map, key, target) VALUES (m.name, map_set.key, map_set.target)
+    ON CONFLICT ON CONSTRAINT map_keys_pkey DO UPDATE SET target = excluded.target;
+END
+$$;
+
+CREATE FUNCTION courier.map_set(name text, lower bigint, upper bigint, target text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m       courier.maps := courier._map_lock(name, 'range');
+    r       int8range;
+    overlap int8range;
+BEGIN
+    IF target IS NULL THEN
+        RAISE EXCEPTION 'map target must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'Use courier.map_unset to remove a range.';
+    END IF;
+    IF lower IS NOT NULL AND upper IS NOT NULL AND lower >= upper THEN
+        RAISE EXCEPTION 'empty key range [%, %)', lower, upper
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Ranges include lower and exclude upper; NULL means unbounded.';
+    END IF;
+    r := int8range(lower, upper, '[)');
+    SELECT x.keys INTO overlap FROM courier.map_ranges x WHERE x.map = m.name AND x.keys && r AND x.keys <> r LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'key range % overlaps range % of map "%"', r, overlap, m.name
+            USING ERRCODE = 'exclusion_violation', HINT = 'Remove or shrink the existing range with courier.map_unset first.';
+    END IF;
+    INSERT INTO courier.map_ranges (map, keys, target) VALUES (m.name, r, map_set.target)
+    ON CONFLICT ON CONSTRAINT map_ranges_pkey DO UPDATE SET target = excluded.target;
+END
+$$;
+
+CREATE FUNCTION courier.map_unset(name text, key text)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m courier.maps := courier._map_lock(name, 'directory');
+BEGIN
+    DELETE FROM courier.map_keys k WHERE k.map = m.name AND k.key = map_unset.key;
+    RETURN FOUND;
+END
+$$;
+
+CREATE FUNCTION courier.map_unset(name text, lower bigint, upper bigint)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m courier.maps := courier._map_lock(name, 'range');
+BEGIN
+    DELETE FROM courier.map_ranges x WHERE x.map = m.name AND x.keys = int8range(lower, upper, '[)');
+    RETURN FOUND;
+END
+$$;
+
+CREATE FUNCTION courier.map_set_default(name text, target text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m courier.maps := courier._map_lock(name, NULL);
+BEGIN
+    UPDATE courier.maps x SET default_target = target WHERE x.name = m.name;
+END
+$$;
+
+CREATE FUNCTION courier.map_drop(name text, if_exists boolean DEFAULT false)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF if_exists AND name IS NOT NULL AND NOT EXISTS (SELECT 1 FROM courier.maps m WHERE m.name = map_drop.name) THEN
+        RAISE NOTICE 'map "%" does not exist, skipping', name;
+        RETURN;
+    END IF;
+    PERFORM courier._map_lock(name, NULL);
+    DELETE FROM courier.maps m WHERE m.name = map_drop.name;
+END
+$$;
 
 ------------------------------------------------------------------------------------------------------
 -- Shared-memory cache (doc/cache.md)
