@@ -1,5 +1,6 @@
 -- pg_courier: the outbox SQL surface and its errors
 SET client_min_messages = warning;
+\set SHOW_CONTEXT never
 CREATE EXTENSION IF NOT EXISTS pg_courier;
 
 -- create: default schema public, schema-qualified, quoted names

@@ -25,7 +25,15 @@ CREATE TABLE courier.outboxes (
 );
 COMMENT ON TABLE courier.outboxes IS 'Registered outbox tables and where their events go (pg_courier)';
 SELECT pg_catalog.pg_extension_config_dump('courier.outboxes', '');
+-- Each role sees and changes only the outboxes of roles it belongs to; endpoints and options may
+-- hold credentials.  The worker (a superuser) sees all.
+ALTER TABLE courier.outboxes ENABLE ROW LEVEL SECURITY;
+CREATE POLICY outboxes_owner ON courier.outboxes
+    USING (pg_catalog.pg_has_role(owner, 'USAGE'))
+    WITH CHECK (pg_catalog.pg_has_role(owner, 'USAGE')
+                AND owner = (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = outbox));
 REVOKE ALL ON courier.outboxes FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON courier.outboxes TO PUBLIC;
 
 -- The options an outbox accepts, with their types; create_outbox and alter_outbox validate against it.
 CREATE FUNCTION courier._validate_options(options jsonb, format text)
@@ -34,7 +42,10 @@ DECLARE
     k text;
     allowed constant jsonb := '{"topic": "string", "batch": "boolean", "batch_size": "number",
                                "max_inflight": "number", "timeout_ms": "number",
-                               "source": "string", "envelope": "string"}';
+                               "source": "string", "envelope": "string",
+                               "retry_base_ms": "number", "retry_max_ms": "number",
+                               "max_attempts": "number", "on_dead_letter": "string",
+                               "tls_verify": "boolean", "headers": "object"}';
 BEGIN
     IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
         RAISE EXCEPTION 'outbox options must be a JSON object'
@@ -50,11 +61,29 @@ BEGIN
             RAISE EXCEPTION 'outbox option "%" must be a %', k, allowed ->> k
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
-        IF allowed ->> k = 'number' AND ((options ->> k)::numeric <= 0 OR (options ->> k)::numeric <> trunc((options ->> k)::numeric)) THEN
-            RAISE EXCEPTION 'outbox option "%" must be a positive integer', k
+        IF allowed ->> k = 'number' AND ((options ->> k)::numeric <> trunc((options ->> k)::numeric)
+                                          OR (options ->> k)::numeric < CASE k WHEN 'max_attempts' THEN 0 ELSE 1 END
+                                          OR (options ->> k)::numeric > 2147483647) THEN
+            RAISE EXCEPTION 'outbox option "%" must be a % integer', k,
+                            CASE k WHEN 'max_attempts' THEN 'non-negative' ELSE 'positive' END
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
     END LOOP;
+    IF options ? 'on_dead_letter' AND options ->> 'on_dead_letter' NOT IN ('skip', 'block') THEN
+        RAISE EXCEPTION 'outbox option "on_dead_letter" must be ''skip'' or ''block'''
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'skip: later events of the key flow; block: the key waits until an operator acts.';
+    END IF;
+    IF options ? 'headers' AND EXISTS (
+           SELECT 1 FROM jsonb_each(options -> 'headers') h
+            WHERE jsonb_typeof(h.value) <> 'string' OR h.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$'
+               OR h.value #>> '{}' ~ '[\r\n]'
+               OR lower(h.key) IN ('content-type', 'content-length', 'host', 'idempotency-key',
+                                   'transfer-encoding', 'connection', 'expect')) THEN
+        RAISE EXCEPTION 'outbox option "headers" must map valid HTTP header names to string values'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example {"headers": {"Authorization": "Bearer ..."}}; protocol headers cannot be set.';
+    END IF;
     IF options ? 'envelope' AND options ->> 'envelope' NOT IN ('cloudevents', 'none') THEN
         RAISE EXCEPTION 'outbox option "envelope" must be ''cloudevents'' or ''none'''
             USING ERRCODE = 'invalid_parameter_value';
@@ -74,23 +103,6 @@ RETURNS void LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'courier_validate_endpoint'
 -- so the worker can keep per-key order across transactions that commit out of id order.
 CREATE FUNCTION courier._outbox_before_insert()
 RETURNS trigger LANGUAGE C AS 'MODULE_PATHNAME', 'courier_outbox_before_insert';
-
--- Registration is SECURITY DEFINER because courier.outboxes is not writable by ordinary roles; it
--- only ever registers a table the caller owns.
-CREATE FUNCTION courier._register_outbox(outbox regclass, endpoint text, format text, options jsonb)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    tblowner oid;
-BEGIN
-    SELECT relowner INTO tblowner FROM pg_class WHERE oid = outbox;
-    IF NOT pg_has_role(session_user, tblowner, 'USAGE') AND NOT pg_has_role(current_user, tblowner, 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of table %', outbox USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    INSERT INTO courier.outboxes (outbox, endpoint, format, default_topic, options, owner)
-    VALUES (outbox, endpoint, format, options ->> 'topic', options, tblowner);
-END
-$$;
-REVOKE ALL ON FUNCTION courier._register_outbox(regclass, text, text, jsonb) FROM PUBLIC;
 
 CREATE FUNCTION courier.create_outbox(outbox text, endpoint text, format text DEFAULT 'cloudevents',
                                       options jsonb DEFAULT '{}')
@@ -146,8 +158,14 @@ BEGIN
             created_at      timestamptz NOT NULL DEFAULT now(),
             attempts        integer     NOT NULL DEFAULT 0,
             next_attempt_at timestamptz,
+            first_failed_at timestamptz,
             last_status     integer,
             last_error      text
+        ) WITH (
+            -- delivered rows are deleted all the time: vacuum early and without throttling
+            autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 20000,
+            autovacuum_vacuum_insert_scale_factor = 0.0, autovacuum_vacuum_insert_threshold = 50000,
+            autovacuum_vacuum_cost_delay = 0, fillfactor = 90
         )$ddl$, qname);
     relid := qname::regclass;
     EXECUTE format('CREATE SEQUENCE %s OWNED BY %s.id',
@@ -158,49 +176,38 @@ BEGIN
                     FOR EACH ROW EXECUTE FUNCTION courier._outbox_before_insert()', qname);
     EXECUTE format('COMMENT ON TABLE %s IS %L', qname, 'pg_courier outbox: rows are published to ' || endpoint);
 
-    PERFORM courier._register_outbox(relid, endpoint, format, COALESCE(options, '{}'));
+    -- the caller owns the new table; the row-level security policy checks exactly that
+    INSERT INTO courier.outboxes (outbox, endpoint, format, default_topic, options, owner)
+    SELECT relid, endpoint, format, options ->> 'topic', COALESCE(options, '{}'), c.relowner
+      FROM pg_class c WHERE c.oid = relid;
+    PERFORM courier._warn_options(relid, COALESCE(options, '{}'));
     RETURN relid;
 END
 $$;
 
-CREATE FUNCTION courier._unregister_outbox(outbox regclass)
-RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    tblowner oid;
-BEGIN
-    SELECT relowner INTO tblowner FROM pg_class WHERE oid = outbox;
-    IF NOT pg_has_role(session_user, tblowner, 'USAGE') AND NOT pg_has_role(current_user, tblowner, 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of table %', outbox USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    DELETE FROM courier.outboxes o WHERE o.outbox = _unregister_outbox.outbox;
-    RETURN FOUND;
-END
-$$;
-REVOKE ALL ON FUNCTION courier._unregister_outbox(regclass) FROM PUBLIC;
-
 CREATE FUNCTION courier.drop_outbox(outbox regclass)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT courier._unregister_outbox(outbox) THEN
+    DELETE FROM courier.outboxes o WHERE o.outbox = drop_outbox.outbox;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'table % is not an outbox', outbox
             USING ERRCODE = 'undefined_object', HINT = 'See courier.outboxes for the registered outboxes.';
     END IF;
+    -- DROP TABLE checks ownership itself
     EXECUTE format('DROP TABLE %s', outbox);
 END
 $$;
 
 CREATE FUNCTION courier.alter_outbox(outbox regclass, endpoint text DEFAULT NULL, options jsonb DEFAULT NULL,
                                      enabled boolean DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r courier.outboxes;
 BEGIN
     SELECT * INTO r FROM courier.outboxes o WHERE o.outbox = alter_outbox.outbox FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'table % is not an outbox', outbox USING ERRCODE = 'undefined_object';
-    END IF;
-    IF NOT pg_has_role(session_user, r.owner, 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of outbox %', outbox USING ERRCODE = 'insufficient_privilege';
+        RAISE EXCEPTION 'table % is not an outbox', outbox USING ERRCODE = 'undefined_object',
+            HINT = 'Only the outboxes of roles you belong to are visible.';
     END IF;
     IF endpoint IS NOT NULL THEN
         PERFORM courier._validate_endpoint(endpoint, r.format);
@@ -210,6 +217,7 @@ BEGIN
         PERFORM courier._validate_options(options, r.format);
         r.options := options;
         r.default_topic := options ->> 'topic';
+        PERFORM courier._warn_options(outbox, options);
     END IF;
     UPDATE courier.outboxes o
        SET endpoint = r.endpoint, options = r.options, default_topic = r.default_topic,
@@ -227,12 +235,162 @@ CREATE FUNCTION courier.send(outbox regclass, payload jsonb, key text DEFAULT NU
 RETURNS uuid LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'courier_send';
 
 ------------------------------------------------------------------------------------------------------
+-- Outbox: delivery reliability — dead letters, pause/resume, circuit breakers, metrics
+------------------------------------------------------------------------------------------------------
+
+-- Warnings for options that weaken security, said where the owner sets them.
+CREATE FUNCTION courier._warn_options(outbox regclass, options jsonb)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF (options ->> 'tls_verify')::boolean IS FALSE THEN
+        RAISE WARNING 'TLS certificate verification is disabled for outbox %', outbox
+            USING HINT = 'Anyone on the network path can read and change its events. Prefer courier.ca_file.';
+    END IF;
+END
+$$;
+
+-- One place for every event that could not be delivered: permanent rejections (4xx other than
+-- 408/425/429, Kafka error_code 1) and events that ran out of attempts (courier.max_attempts).
+CREATE TABLE courier.dead_letters (
+    id              bigserial   PRIMARY KEY,
+    outbox          regclass    NOT NULL,
+    owner           regrole     NOT NULL,
+    event_id        uuid        NOT NULL,
+    topic           text,
+    key             text,
+    payload         jsonb       NOT NULL,
+    headers         jsonb,
+    created_at      timestamptz NOT NULL,
+    attempts        integer     NOT NULL,
+    first_failed_at timestamptz NOT NULL,
+    last_failed_at  timestamptz NOT NULL,
+    last_status     integer,
+    last_error      text,
+    blocking        boolean     NOT NULL DEFAULT false  -- on_dead_letter = 'block': holds the key
+);
+CREATE INDEX ON courier.dead_letters (outbox, key) WHERE blocking;
+CREATE INDEX ON courier.dead_letters (outbox, last_failed_at);
+COMMENT ON TABLE courier.dead_letters IS 'Events pg_courier could not deliver; see courier.replay_dead_letters()';
+SELECT pg_catalog.pg_extension_config_dump('courier.dead_letters', '');
+SELECT pg_catalog.pg_extension_config_dump('courier.dead_letters_id_seq', '');
+ALTER TABLE courier.dead_letters ENABLE ROW LEVEL SECURITY;
+CREATE POLICY dead_letters_owner ON courier.dead_letters USING (pg_catalog.pg_has_role(owner, 'USAGE'));
+REVOKE ALL ON courier.dead_letters FROM PUBLIC;
+GRANT SELECT, DELETE ON courier.dead_letters TO PUBLIC;
+
+-- _dead_letter_filter: the rows of one outbox's dead letters that a replay or purge acts on.
+CREATE FUNCTION courier.replay_dead_letters(outbox regclass, event_ids uuid[] DEFAULT NULL,
+                                            key text DEFAULT NULL, failed_since timestamptz DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF outbox IS NULL THEN
+        RAISE EXCEPTION 'outbox must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM courier.outboxes o WHERE o.outbox = replay_dead_letters.outbox) THEN
+        RAISE EXCEPTION 'table % is not an outbox', outbox USING ERRCODE = 'undefined_object',
+            HINT = 'Only the outboxes of roles you belong to are visible.';
+    END IF;
+    -- same event id, a new outbox id: the event goes to the back of its key's queue
+    EXECUTE format($q$
+        WITH moved AS (
+            DELETE FROM courier.dead_letters d
+             WHERE d.outbox = $1 AND ($2 IS NULL OR d.event_id = ANY ($2))
+               AND ($3 IS NULL OR d.key = $3) AND ($4 IS NULL OR d.last_failed_at >= $4)
+            RETURNING d.id, d.event_id, d.topic, d.key, d.payload, d.headers, d.created_at)
+        INSERT INTO %s (event_id, topic, key, payload, headers, created_at)
+        SELECT event_id, topic, key, payload, headers, created_at FROM moved ORDER BY id$q$, outbox)
+    USING outbox, event_ids, key, failed_since;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+CREATE FUNCTION courier.purge_dead_letters(outbox regclass DEFAULT NULL, older_than interval DEFAULT NULL,
+                                           event_ids uuid[] DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    DELETE FROM courier.dead_letters d
+     WHERE (purge_dead_letters.outbox IS NULL OR d.outbox = purge_dead_letters.outbox)
+       AND (older_than IS NULL OR d.last_failed_at < now() - older_than)
+       AND (event_ids IS NULL OR d.event_id = ANY (event_ids));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+CREATE FUNCTION courier.pause(outbox regclass) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT courier.alter_outbox(outbox, enabled => false);
+END;
+
+CREATE FUNCTION courier.resume(outbox regclass) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT courier.alter_outbox(outbox, enabled => true);
+END;
+
+-- Circuit breakers, one per endpoint origin (scheme://host:port), in shared memory.
+CREATE FUNCTION courier.breakers(
+    OUT endpoint text, OUT state text, OUT consecutive_failures integer, OUT opened_at timestamptz,
+    OUT opens bigint, OUT successes bigint, OUT failures bigint, OUT last_change_at timestamptz)
+RETURNS SETOF record LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'courier_breakers';
+GRANT EXECUTE ON FUNCTION courier.breakers() TO PUBLIC;
+
+CREATE FUNCTION courier._origin(url text)
+RETURNS text LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_origin';
+
+-- Prometheus text exposition format, for a scrape endpoint (e.g. through postgres_exporter's
+-- custom queries or a sidecar running SELECT courier.metrics()).
+CREATE FUNCTION courier.metrics() RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    out text := '';
+    r record;
+    lbl text;
+BEGIN
+    out := out
+        || E'# HELP courier_outbox_pending Events waiting in the outbox.\n# TYPE courier_outbox_pending gauge\n'
+        || E'# HELP courier_outbox_oldest_pending_seconds Age of the oldest waiting event.\n# TYPE courier_outbox_oldest_pending_seconds gauge\n'
+        || E'# HELP courier_outbox_delivered_total Events acknowledged by the endpoint since the server started.\n# TYPE courier_outbox_delivered_total counter\n'
+        || E'# HELP courier_outbox_failed_attempts_total Failed delivery attempts since the server started.\n# TYPE courier_outbox_failed_attempts_total counter\n'
+        || E'# HELP courier_outbox_dead_lettered_total Events moved to courier.dead_letters since the server started.\n# TYPE courier_outbox_dead_lettered_total counter\n'
+        || E'# HELP courier_outbox_requests_total HTTP requests since the server started.\n# TYPE courier_outbox_requests_total counter\n'
+        || E'# HELP courier_outbox_breaker_open 1 while the endpoint''s circuit breaker is open or half-open.\n# TYPE courier_outbox_breaker_open gauge\n';
+    FOR r IN SELECT * FROM courier.outbox_stats LOOP
+        lbl := format('{database="%s",outbox="%s"}',
+                      replace(replace(replace(current_database(), '\', '\\'), '"', '\"'), E'\n', '\n'),
+                      replace(replace(replace(r.outbox::text, '\', '\\'), '"', '\"'), E'\n', '\n'));
+        out := out
+            || 'courier_outbox_pending' || lbl || ' ' || COALESCE(r.pending, 0) || E'\n'
+            || 'courier_outbox_oldest_pending_seconds' || lbl || ' '
+                || COALESCE(round(extract(epoch FROM r.oldest_pending_age)::numeric, 3), 0) || E'\n'
+            || 'courier_outbox_delivered_total' || lbl || ' ' || r.delivered || E'\n'
+            || 'courier_outbox_failed_attempts_total' || lbl || ' ' || r.failed_attempts || E'\n'
+            || 'courier_outbox_dead_lettered_total' || lbl || ' ' || r.dead_lettered || E'\n'
+            || 'courier_outbox_requests_total' || lbl || ' ' || r.requests || E'\n'
+            || 'courier_outbox_breaker_open' || lbl || ' ' || (r.breaker_state IN ('open', 'half-open'))::int || E'\n';
+    END LOOP;
+    out := out || E'# HELP courier_worker_up 1 while the database''s delivery worker runs.\n# TYPE courier_worker_up gauge\n'
+        || format(E'courier_worker_up{database="%s"} %s\n',
+                  replace(replace(current_database(), '\', '\\'), '"', '\"'),
+                  (EXISTS (SELECT 1 FROM courier.worker_status() w WHERE w.database = current_database()))::int);
+    RETURN out;
+END
+$$;
+
+------------------------------------------------------------------------------------------------------
 -- Outbox: observability
 ------------------------------------------------------------------------------------------------------
 
 -- Per-outbox counters kept by the worker in shared memory (reset by a server restart).
 CREATE FUNCTION courier._worker_counters(
-    OUT outbox oid, OUT delivered bigint, OUT failed_attempts bigint, OUT requests bigint,
+    OUT outbox oid, OUT delivered bigint, OUT failed_attempts bigint, OUT retries bigint,
+    OUT dead_lettered bigint, OUT requests bigint, OUT delivered_per_second double precision,
     OUT last_error text, OUT last_success_at timestamptz, OUT last_failure_at timestamptz)
 RETURNS SETOF record LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'courier_worker_counters';
 
@@ -255,28 +413,32 @@ BEGIN
 END
 $$;
 
-CREATE VIEW courier.outbox_stats AS
+CREATE VIEW courier.outbox_stats WITH (security_invoker = true) AS
 SELECT o.outbox,
-       o.endpoint_redacted AS endpoint,
+       courier._redact_url(o.endpoint)   AS endpoint,
        o.format,
        o.enabled,
        p.pending,
-       now() - p.oldest_created_at     AS oldest_pending_age,
-       COALESCE(c.delivered, 0)        AS delivered,
-       COALESCE(c.failed_attempts, 0)  AS failed_attempts,
-       COALESCE(c.requests, 0)         AS requests,
+       now() - p.oldest_created_at      AS oldest_pending_age,
+       COALESCE(c.delivered, 0)         AS delivered,
+       COALESCE(c.delivered, 0) + COALESCE(c.failed_attempts, 0) AS attempts,
+       COALESCE(c.failed_attempts, 0)   AS failed_attempts,
+       COALESCE(c.retries, 0)           AS retries,
+       COALESCE(c.dead_lettered, 0)     AS dead_lettered,
+       (SELECT count(*) FROM courier.dead_letters d WHERE d.outbox = o.outbox) AS dead_letters,
+       COALESCE(c.requests, 0)          AS requests,
+       CASE WHEN c.last_success_at > now() - interval '2 seconds' THEN round(c.delivered_per_second::numeric, 1)
+            ELSE 0 END                  AS delivered_per_second,
+       COALESCE(b.state, 'closed')      AS breaker_state,
        c.last_error,
        c.last_success_at,
        c.last_failure_at
-  FROM (SELECT x.*, courier._redact_url(x.endpoint) AS endpoint_redacted FROM courier.outboxes x
-         WHERE pg_has_role(x.owner, 'USAGE')) o
+  FROM courier.outboxes o               -- row-level security: the caller's outboxes only
   LEFT JOIN courier._worker_counters() c ON c.outbox = o.outbox::oid
+  LEFT JOIN courier.breakers() b ON b.endpoint = courier._origin(o.endpoint)
   CROSS JOIN LATERAL courier._outbox_pending(o.outbox) p;
 GRANT SELECT ON courier.outbox_stats TO PUBLIC;
 
-------------------------------------------------------------------------------------------------------
--- (issue 3: delivery reliability — retries, dead letters, breaker) goes here
-------------------------------------------------------------------------------------------------------
 
 ------------------------------------------------------------------------------------------------------
 -- (idempotency keys) goes here

@@ -25,16 +25,22 @@
 #include "pg_courier.h"
 #include "outbox_worker.h"
 
-/* Outcome of one request, row by row. */
+/* Outcome of one request, row by row: delivered, to retry, or dead. */
+typedef struct RowList
+{
+	int			n;
+	Datum	   *ids;
+	Datum	   *status;
+	Datum	   *error;
+	Datum	   *retry_after;
+} RowList;
+
 typedef struct Outcome
 {
 	int			nok;
-	int			nfail;
 	Datum	   *ok_ids;
-	Datum	   *fail_ids;
-	Datum	   *fail_status;
-	Datum	   *fail_error;
-	Datum	   *fail_retry_after;
+	RowList		retry;
+	RowList		dead;
 	const char *first_error;
 } Outcome;
 
@@ -69,13 +75,46 @@ describe_failure(const CourierHttpRequest *req)
 }
 
 static void
-outcome_fail(Outcome *o, int64 id, long status, const char *error, long retry_after_ms)
+rowlist_init(RowList *l, int n)
 {
-	o->fail_ids[o->nfail] = Int64GetDatum(id);
-	o->fail_status[o->nfail] = Int32GetDatum((int32) status);
-	o->fail_error[o->nfail] = CStringGetTextDatum(error);
-	o->fail_retry_after[o->nfail] = Int64GetDatum(retry_after_ms);
-	o->nfail++;
+	l->n = 0;
+	l->ids = palloc(sizeof(Datum) * n);
+	l->status = palloc(sizeof(Datum) * n);
+	l->error = palloc(sizeof(Datum) * n);
+	l->retry_after = palloc(sizeof(Datum) * n);
+}
+
+/*
+ * retriable_status
+ *		Worth trying again later: no answer, a redirect we do not follow (the
+ *		endpoint may be fixed), 408, 425, 429 and 5xx.  Other 4xx are answers:
+ *		sending the same event again cannot succeed.
+ */
+static bool
+retriable_status(long status)
+{
+	return status == 0 || (status >= 300 && status < 400) || status == 408 || status == 425 ||
+		status == 429 || status >= 500;
+}
+
+/*
+ * outcome_fail
+ *		Row i failed: retry it, or move it to the dead letters when the
+ *		failure is permanent or its attempts are used up.
+ */
+static void
+outcome_fail(Outcome *o, const Delivery *d, int i, long status, const char *error,
+			 long retry_after_ms, bool permanent)
+{
+	int			max = d->ob->max_attempts >= 0 ? d->ob->max_attempts : courier_max_attempts;
+	bool		exhausted = (max > 0 && d->attempts[i] + 1 >= max);
+	RowList    *l = (permanent || exhausted) ? &o->dead : &o->retry;
+
+	l->ids[l->n] = Int64GetDatum(d->ids[i]);
+	l->status[l->n] = Int32GetDatum((int32) status);
+	l->error[l->n] = CStringGetTextDatum(error);
+	l->retry_after[l->n] = Int64GetDatum(retry_after_ms);
+	l->n++;
 	if (o->first_error == NULL)
 		o->first_error = error;
 }
@@ -92,10 +131,8 @@ classify(const Delivery *d, Outcome *o)
 	long		retry_after = (req->status == 429 || req->status == 503) ? req->retry_after_ms : -1;
 
 	o->ok_ids = palloc(sizeof(Datum) * d->nrows);
-	o->fail_ids = palloc(sizeof(Datum) * d->nrows);
-	o->fail_status = palloc(sizeof(Datum) * d->nrows);
-	o->fail_error = palloc(sizeof(Datum) * d->nrows);
-	o->fail_retry_after = palloc(sizeof(Datum) * d->nrows);
+	rowlist_init(&o->retry, d->nrows);
+	rowlist_init(&o->dead, d->nrows);
 
 	if (ok && d->ob->format == COURIER_FORMAT_KAFKA_REST_V2)
 	{
@@ -106,16 +143,17 @@ classify(const Delivery *d, Outcome *o)
 										 err, sizeof(err)))
 		{
 			for (int i = 0; i < d->nrows; i++)
-				outcome_fail(o, d->ids[i], req->status, err, -1);
+				outcome_fail(o, d, i, req->status, err, -1, false);
 			return;
 		}
 		for (int i = 0; i < d->nrows; i++)
 		{
 			if (codes[i] == 0)
 				o->ok_ids[o->nok++] = Int64GetDatum(d->ids[i]);
-			else
-				outcome_fail(o, d->ids[i], req->status,
-							 psprintf("Kafka error_code %d%s%s", codes[i], err[0] ? ": " : "", err), -1);
+			else				/* error_code 1 is non-retriable; 2 and others retriable */
+				outcome_fail(o, d, i, req->status,
+							 psprintf("Kafka error_code %d%s%s", codes[i], err[0] ? ": " : "", err),
+							 -1, codes[i] == 1);
 		}
 		return;
 	}
@@ -129,8 +167,21 @@ classify(const Delivery *d, Outcome *o)
 		char	   *error = describe_failure(req);
 
 		for (int i = 0; i < d->nrows; i++)
-			outcome_fail(o, d->ids[i], req->status, error, retry_after);
+			outcome_fail(o, d, i, req->status, error, retry_after, !retriable_status(req->status));
 	}
+}
+
+/*
+ * rows_array
+ *		SQL arrays of a row list, as the statements' parameters.
+ */
+static void
+rows_arrays(const RowList *l, Datum *args)
+{
+	args[0] = PointerGetDatum(construct_array(l->ids, l->n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	args[1] = PointerGetDatum(construct_array(l->status, l->n, INT4OID, 4, true, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(l->error, l->n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[3] = PointerGetDatum(construct_array(l->retry_after, l->n, INT8OID, 8, true, TYPALIGN_DOUBLE));
 }
 
 /*
@@ -157,15 +208,14 @@ record_outcome(Delivery *d, Outcome *o)
 			if (SPI_execute_plan(ob->delete_plan, &arg, NULL, false, 0) != SPI_OK_DELETE)
 				elog(ERROR, "could not delete delivered rows: %s", SPI_result_code_string(SPI_result));
 		}
-		if (o->nfail > 0)
+		if (o->retry.n > 0)
 		{
-			Datum		args[4];
+			Datum		args[6];
 			bool		isnull;
 
-			args[0] = PointerGetDatum(construct_array(o->fail_ids, o->nfail, INT8OID, 8, true, TYPALIGN_DOUBLE));
-			args[1] = PointerGetDatum(construct_array(o->fail_status, o->nfail, INT4OID, 4, true, TYPALIGN_INT));
-			args[2] = PointerGetDatum(construct_array(o->fail_error, o->nfail, TEXTOID, -1, false, TYPALIGN_INT));
-			args[3] = PointerGetDatum(construct_array(o->fail_retry_after, o->nfail, INT8OID, 8, true, TYPALIGN_DOUBLE));
+			rows_arrays(&o->retry, args);
+			args[4] = Float8GetDatum(ob->retry_base_ms > 0 ? ob->retry_base_ms : courier_retry_base_ms);
+			args[5] = Float8GetDatum(ob->retry_max_ms > 0 ? ob->retry_max_ms : courier_retry_max_ms);
 			if (SPI_execute_plan(ob->fail_plan, args, NULL, false, 0) == SPI_OK_SELECT && SPI_processed == 1)
 			{
 				Datum		next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -173,6 +223,16 @@ record_outcome(Delivery *d, Outcome *o)
 				if (!isnull && (ob->retry_at == 0 || DatumGetTimestampTz(next) < ob->retry_at))
 					ob->retry_at = DatumGetTimestampTz(next);
 			}
+		}
+		if (o->dead.n > 0)
+		{
+			Datum		args[5];
+
+			rows_arrays(&o->dead, args);
+			args[3] = ObjectIdGetDatum(ob->relid);
+			args[4] = BoolGetDatum(ob->block_on_dead);
+			if (SPI_execute_plan(ob->dead_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not move rows to courier.dead_letters: %s", SPI_result_code_string(SPI_result));
 		}
 		ReleaseCurrentSubTransaction();
 	}
@@ -216,8 +276,11 @@ release_delivery(Delivery *d)
 		}
 	}
 	ob->inflight--;
-	/* rows that waited behind an earlier failure of their key can move now */
-	if (d->retried && d->nfailed < d->nrows)
+	/*
+	 * Rows that waited behind an earlier failure of their key can move now
+	 * that it went through, or went to the dead letters.
+	 */
+	if ((d->retried && d->nfailed < d->nrows) || d->ndead > 0)
 	{
 		ob->rescan = true;
 		ob->rescan_at = 0;
@@ -255,10 +318,13 @@ courier_complete(List *finished)
 		classify(d, &o);
 		if (d->ob->delete_plan != NULL)
 			record_outcome(d, &o);
-		d->nfailed = o.nfail;
-		courier_counters_record(d->ob->counters, o.nok, o.nfail, o.first_error);
-		if (o.nfail > 0 && d->ob->counters == NULL)
-			elog(LOG, "pg_courier: delivery to %s failed: %s", d->ob->endpoint_shown, o.first_error);
+		d->nfailed = o.retry.n;
+		d->ndead = o.dead.n;
+		courier_counters_record(d->ob->counters, o.nok, o.retry.n, o.dead.n, o.first_error);
+		courier_breaker_record(d->ob->breaker,
+							   !(d->req->status == 0 || d->req->status == 408 || d->req->status == 425 ||
+								 d->req->status == 429 || d->req->status >= 500),
+							   d->probe);
 	}
 
 	MemoryContextSwitchTo(old);

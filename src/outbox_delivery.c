@@ -39,7 +39,7 @@ extern MemoryContext courier_worker_context;
 
 /*
  * make_state_plans
- *		Prepare the three statements the worker runs against one outbox.
+ *		Prepare the statements the worker runs against one outbox.
  */
 static void
 make_state_plans(OutboxState *ob)
@@ -47,7 +47,8 @@ make_state_plans(OutboxState *ob)
 	StringInfoData sql;
 	Oid			fetch_types[3] = {INT8OID, INT4OID, TEXTOID};
 	Oid			delete_types[1] = {INT8ARRAYOID};
-	Oid			fail_types[4] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID};
+	Oid			fail_types[6] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, FLOAT8OID, FLOAT8OID};
+	Oid			dead_types[5] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, REGCLASSOID, BOOLOID};
 	MemoryContext old = MemoryContextSwitchTo(ob->cxt);
 
 	initStringInfo(&sql);
@@ -62,35 +63,73 @@ make_state_plans(OutboxState *ob)
 					 "FROM %s o "
 					 "WHERE o.id > $1 AND (o.attempts = 0 OR o.next_attempt_at IS NULL OR o.next_attempt_at <= clock_timestamp()) "
 					 "  AND (o.key IS NULL OR NOT EXISTS (SELECT 1 FROM %s f "
-					 "       WHERE f.attempts > 0 AND f.key = o.key AND f.id < o.id)) "
-					 "ORDER BY o.id LIMIT $2",
+					 "       WHERE f.attempts > 0 AND f.key = o.key AND f.id < o.id)) ",
 					 ob->qname, ob->qname);
+	if (ob->block_on_dead)
+		appendStringInfo(&sql,
+						 "  AND (o.key IS NULL OR NOT EXISTS (SELECT 1 FROM courier.dead_letters d "
+						 "       WHERE d.blocking AND d.outbox = %u::oid::regclass AND d.key = o.key)) ",
+						 ob->relid);
+	appendStringInfoString(&sql, "ORDER BY o.id LIMIT $2");
 	ob->fetch_plan = SPI_prepare(sql.data, 3, fetch_types);
+	ob->plans_block = ob->block_on_dead;
 
 	resetStringInfo(&sql);
 	appendStringInfo(&sql, "DELETE FROM %s WHERE id = ANY($1)", ob->qname);
 	ob->delete_plan = SPI_prepare(sql.data, 1, delete_types);
 
-	/* full-jitter exponential backoff, never below the endpoint's Retry-After */
+	/* full-jitter exponential backoff ($5 base, $6 cap), never below the endpoint's Retry-After */
 	resetStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "WITH u AS (UPDATE %s o SET attempts = o.attempts + 1, last_status = NULLIF(d.status, 0), "
-					 "    last_error = d.err, "
+					 "    last_error = d.err, first_failed_at = COALESCE(o.first_failed_at, clock_timestamp()), "
 					 "    next_attempt_at = clock_timestamp() + make_interval(secs => greatest(d.retry_after_ms, "
-					 "        random() * least(%d::float8, %d::float8 * power(2, least(o.attempts, 30)))) / 1000.0) "
+					 "        random() * least($6, $5 * power(2, least(o.attempts, 30)))) / 1000.0) "
 					 "  FROM unnest($1, $2, $3, $4) AS d(id, status, err, retry_after_ms) "
 					 "  WHERE o.id = d.id RETURNING o.next_attempt_at) "
 					 "SELECT min(next_attempt_at) FROM u",
-					 ob->qname, 300000, 1000);
-	ob->fail_plan = SPI_prepare(sql.data, 4, fail_types);
+					 ob->qname);
+	ob->fail_plan = SPI_prepare(sql.data, 6, fail_types);
+
+	/* permanent failures and exhausted attempts: one place for operators to look */
+	resetStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "WITH moved AS (DELETE FROM %s o USING unnest($1, $2, $3) AS d(id, status, err) "
+					 "  WHERE o.id = d.id RETURNING o.*, d.status AS d_status, d.err AS d_err) "
+					 "INSERT INTO courier.dead_letters (outbox, owner, event_id, topic, key, payload, headers, "
+					 "  created_at, attempts, first_failed_at, last_failed_at, last_status, last_error, blocking) "
+					 "SELECT $4, (SELECT x.owner FROM courier.outboxes x WHERE x.outbox = $4), event_id, topic, key, "
+					 "  payload, headers, created_at, attempts + 1, COALESCE(first_failed_at, clock_timestamp()), "
+					 "  clock_timestamp(), NULLIF(d_status, 0), d_err, $5 AND key IS NOT NULL FROM moved",
+					 ob->qname);
+	ob->dead_plan = SPI_prepare(sql.data, 5, dead_types);
 	MemoryContextSwitchTo(old);
 
-	if (!ob->fetch_plan || !ob->delete_plan || !ob->fail_plan)
+	if (!ob->fetch_plan || !ob->delete_plan || !ob->fail_plan || !ob->dead_plan)
 		elog(ERROR, "pg_courier: could not prepare statements for outbox %s: %s",
 			 ob->qname, SPI_result_code_string(SPI_result));
 	SPI_keepplan(ob->fetch_plan);
 	SPI_keepplan(ob->delete_plan);
 	SPI_keepplan(ob->fail_plan);
+	SPI_keepplan(ob->dead_plan);
+}
+
+/*
+ * courier_free_plans
+ *		Drop an outbox's prepared statements (they are made again when
+ *		needed: after a rename, an error, a change of mode).
+ */
+void
+courier_free_plans(OutboxState *ob)
+{
+	SPIPlanPtr *plans[] = {&ob->fetch_plan, &ob->delete_plan, &ob->fail_plan, &ob->dead_plan};
+
+	for (int i = 0; i < lengthof(plans); i++)
+	{
+		if (*plans[i])
+			SPI_freeplan(*plans[i]);
+		*plans[i] = NULL;
+	}
 }
 
 /*
@@ -100,12 +139,7 @@ make_state_plans(OutboxState *ob)
 void
 courier_forget_outbox(OutboxState *ob)
 {
-	if (ob->fetch_plan)
-		SPI_freeplan(ob->fetch_plan);
-	if (ob->delete_plan)
-		SPI_freeplan(ob->delete_plan);
-	if (ob->fail_plan)
-		SPI_freeplan(ob->fail_plan);
+	courier_free_plans(ob);
 	MemoryContextDelete(ob->cxt);
 	pfree(ob);
 }
@@ -130,6 +164,7 @@ new_state(Oid relid)
 	ctl.entrysize = sizeof(int64);
 	ob->inflight_ids = hash_create("pg_courier inflight", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	ob->counters = courier_counters_for(relid);
+	ob->tls_verify = true;
 	return ob;
 }
 
@@ -146,6 +181,24 @@ state_text(HeapTuple tup, TupleDesc desc, int col, MemoryContext cxt)
 	if (isnull)
 		return NULL;
 	return MemoryContextStrdup(cxt, TextDatumGetCString(d));
+}
+
+/*
+ * set_static_headers
+ *		The outbox's headers option ("Name: value" lines) as an array.
+ */
+static void
+set_static_headers(OutboxState *ob, char *lines)
+{
+	char	   *save;
+	char	   *line;
+
+	ob->nstatic_headers = 0;
+	if (lines == NULL)
+		return;
+	ob->static_headers = MemoryContextAlloc(ob->cxt, sizeof(char *) * 32);
+	for (line = strtok_r(lines, "\n", &save); line && ob->nstatic_headers < 32; line = strtok_r(NULL, "\n", &save))
+		ob->static_headers[ob->nstatic_headers++] = line;
 }
 
 /*
@@ -170,7 +223,12 @@ courier_refresh_outboxes(List **outboxes)
 					 "  COALESCE((o.options->>'max_inflight')::int, 0), "
 					 "  COALESCE((o.options->>'timeout_ms')::int, 0), "
 					 "  COALESCE(o.options->>'source', '/pg_courier/' || current_database() || '/' || n.nspname || '.' || c.relname), "
-					 "  COALESCE(o.options->>'envelope', 'cloudevents') "
+					 "  COALESCE(o.options->>'envelope', 'cloudevents'), "
+					 "  COALESCE((o.options->>'retry_base_ms')::int, 0), COALESCE((o.options->>'retry_max_ms')::int, 0), "
+					 "  COALESCE((o.options->>'max_attempts')::int, -1), "
+					 "  COALESCE(o.options->>'on_dead_letter', 'skip') = 'block', "
+					 "  COALESCE((o.options->>'tls_verify')::boolean, true), "
+					 "  (SELECT string_agg(h.key || ': ' || h.value, E'\\n') FROM jsonb_each_text(o.options->'headers') h) "
 					 "FROM courier.outboxes o JOIN pg_class c ON c.oid = o.outbox "
 					 "JOIN pg_namespace n ON n.oid = c.relnamespace", true, 0);
 	if (rc != SPI_OK_SELECT)
@@ -206,13 +264,7 @@ courier_refresh_outboxes(List **outboxes)
 		if (ob->qname == NULL || strcmp(ob->qname, qname) != 0)
 		{
 			/* renamed (or new): statements must be prepared again */
-			if (ob->fetch_plan)
-			{
-				SPI_freeplan(ob->fetch_plan);
-				SPI_freeplan(ob->delete_plan);
-				SPI_freeplan(ob->fail_plan);
-				ob->fetch_plan = ob->delete_plan = ob->fail_plan = NULL;
-			}
+			courier_free_plans(ob);
 		}
 		ob->qname = qname;
 		ob->default_topic = topic;
@@ -230,6 +282,19 @@ courier_refresh_outboxes(List **outboxes)
 		ob->timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
 		ob->source = state_text(tup, desc, 11, ob->cxt);
 		ob->kafka_envelope = strcmp(state_text(tup, desc, 12, ob->cxt), "none") != 0;
+		ob->retry_base_ms = DatumGetInt32(SPI_getbinval(tup, desc, 13, &isnull));
+		ob->retry_max_ms = DatumGetInt32(SPI_getbinval(tup, desc, 14, &isnull));
+		ob->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 15, &isnull));
+		ob->block_on_dead = DatumGetBool(SPI_getbinval(tup, desc, 16, &isnull));
+		if (ob->fetch_plan && ob->plans_block != ob->block_on_dead)
+			courier_free_plans(ob);
+		if (!DatumGetBool(SPI_getbinval(tup, desc, 17, &isnull)) && ob->tls_verify)
+			ereport(WARNING,
+					(errmsg("pg_courier: TLS certificate verification is disabled for outbox %s", ob->qname)));
+		ob->tls_verify = DatumGetBool(SPI_getbinval(tup, desc, 17, &isnull));
+		set_static_headers(ob, state_text(tup, desc, 18, ob->cxt));
+		ob->origin = MemoryContextStrdup(ob->cxt, courier_origin_text(ob->endpoint));
+		ob->breaker = courier_breaker_for(ob->origin);
 	}
 
 	foreach(lc, *outboxes)
@@ -265,10 +330,13 @@ new_delivery(OutboxState *ob, int maxrows, const char *topic)
 	d->cxt = cxt;
 	d->maxrows = maxrows;
 	d->ids = MemoryContextAlloc(cxt, sizeof(int64) * maxrows);
+	d->attempts = MemoryContextAlloc(cxt, sizeof(int) * maxrows);
 	d->keyhashes = MemoryContextAlloc(cxt, sizeof(uint32) * maxrows);
 	d->haskey = MemoryContextAlloc(cxt, sizeof(bool) * maxrows);
 	d->topic = topic ? MemoryContextStrdup(cxt, topic) : NULL;
-	d->extra = MemoryContextAllocZero(cxt, sizeof(char *) * 64);
+	d->extra = MemoryContextAllocZero(cxt, sizeof(char *) * 96);
+	for (int i = 0; i < ob->nstatic_headers; i++)
+		d->extra[d->nextra++] = ob->static_headers[i];
 	d->body.data = NULL;
 	return d;
 }
@@ -310,7 +378,7 @@ add_row(Delivery *d, const OutboxRow *r, uint32 keyhash)
 			char	   *save;
 			char	   *line;
 
-			for (line = strtok_r(pstrdup(r->headers), "\n", &save); line && d->nextra < 64;
+			for (line = strtok_r(pstrdup(r->headers), "\n", &save); line && d->nextra < 96;
 				 line = strtok_r(NULL, "\n", &save))
 				d->extra[d->nextra++] = line;
 		}
@@ -320,6 +388,7 @@ add_row(Delivery *d, const OutboxRow *r, uint32 keyhash)
 	if (r->attempts > 0)
 		d->retried = true;
 	d->ids[d->nrows] = r->id;
+	d->attempts[d->nrows] = r->attempts;
 	d->keyhashes[d->nrows] = keyhash;
 	d->haskey[d->nrows] = (r->key != NULL);
 	d->nrows++;
@@ -369,7 +438,7 @@ start_delivery(Delivery *d)
 	o.extra_headers = d->extra;
 	o.nextra = d->nextra;
 	o.timeout_ms = OB_TIMEOUT(ob);
-	o.tls_verify = true;
+	o.tls_verify = ob->tls_verify;
 	o.ca_file = courier_ca_file;
 	d->req = courier_http_post(&o, d);
 	ob->inflight++;
@@ -436,7 +505,7 @@ open_delivery_for(OutboxState *ob, List **open, const OutboxRow *r, int *budget)
 static void
 fail_unsendable(OutboxState *ob, int64 id, const char *why)
 {
-	Datum		args[4];
+	Datum		args[6];
 	Datum		v;
 
 	v = Int64GetDatum(id);
@@ -447,9 +516,11 @@ fail_unsendable(OutboxState *ob, int64 id, const char *why)
 	args[2] = PointerGetDatum(construct_array(&v, 1, TEXTOID, -1, false, TYPALIGN_INT));
 	v = Int64GetDatum(-1);
 	args[3] = PointerGetDatum(construct_array(&v, 1, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	args[4] = Float8GetDatum(ob->retry_base_ms > 0 ? ob->retry_base_ms : courier_retry_base_ms);
+	args[5] = Float8GetDatum(ob->retry_max_ms > 0 ? ob->retry_max_ms : courier_retry_max_ms);
 	if (SPI_execute_plan(ob->fail_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "pg_courier: could not record a failed attempt in %s", ob->qname);
-	courier_counters_record(ob->counters, 0, 1, why);
+	courier_counters_record(ob->counters, 0, 1, 0, why);
 }
 
 /*
@@ -472,10 +543,20 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	HTAB	   *held_keys = NULL;
 	int64		consumed = ob->cursor;
 	int64		first_held = PG_INT64_MAX;
+	int			started = 0;
+	int			admitted;
 	uint64		n;
 
 	if (!ob->enabled || budget <= 0)
 		return false;
+
+	/* an open breaker sends nothing (rows keep their attempts); half-open sends one probe */
+	admitted = courier_breaker_admit(ob->breaker);
+	if (admitted == 0)
+		return false;
+	if (admitted == 1)
+		budget = 1;
+
 	if ((ob->rescan && now >= ob->rescan_at) || (ob->retry_at != 0 && now >= ob->retry_at) ||
 		TimestampDifferenceExceeds(ob->last_full_scan, now, FULL_SCAN_INTERVAL_MS))
 	{
@@ -488,7 +569,7 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	if (ob->fetch_plan == NULL)
 		make_state_plans(ob);
 
-	limit = Min((OB_BATCHED(ob) ? OB_BATCH(ob) : 1) * budget, 100000);
+	limit = Min((OB_BATCHED(ob) && admitted != 1 ? OB_BATCH(ob) : 1) * budget, 100000);
 	args[0] = Int64GetDatum(ob->cursor);
 	args[1] = Int32GetDatum(limit);
 	args[2] = CStringGetTextDatum(ob->default_topic);
@@ -542,7 +623,14 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 			stopped = true;
 			break;
 		}
+		if (admitted == 1)
+		{
+			/* the probe carries a single event: a failure costs one attempt */
+			d->probe = true;
+			d->maxrows = 1;
+		}
 		add_row(d, &r, keyhash);
+		started++;
 		consumed = r.id;
 		if (!OB_BATCHED(ob))
 		{
@@ -553,6 +641,8 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	foreach(lc, open)
 		start_delivery(lfirst(lc));
 	list_free(open);
+	if (admitted == 1 && started == 0)
+		courier_breaker_release_probe(ob->breaker);
 
 	/*
 	 * Advance the cursor over what this read dealt with, but never past a

@@ -43,6 +43,7 @@
 
 #include "pg_courier.h"
 #include "outbox_registry.h"
+#include "outbox_breaker.h"
 
 typedef struct ProducerOutbox
 {
@@ -100,6 +101,7 @@ courier_registry_shmem_size(void)
 
 	size = add_size(size, mul_size(total_slots(), sizeof(ProducerSlot)));
 	size = add_size(size, mul_size(courier_max_databases, sizeof(CourierWorkerInfo)));
+	size = add_size(size, courier_breaker_shmem_size());
 	return size;
 }
 
@@ -112,11 +114,13 @@ courier_registry_shmem_init(void)
 {
 	bool		found;
 
-	shared = ShmemInitStruct("pg_courier registry", courier_registry_shmem_size(), &found);
+	courier_breaker_shmem_init();
+	shared = ShmemInitStruct("pg_courier registry",
+							 courier_registry_shmem_size() - courier_breaker_shmem_size(), &found);
 	if (found)
 		return;
 
-	memset(shared, 0, courier_registry_shmem_size());
+	memset(shared, 0, courier_registry_shmem_size() - courier_breaker_shmem_size());
 	shared->lock = &(GetNamedLWLockTranche("pg_courier"))->lock;
 	shared->nslots = total_slots();
 	shared->nworkers = courier_max_databases;
@@ -556,12 +560,15 @@ courier_counters_for(Oid relid)
 
 /*
  * courier_counters_record
- *		Add a round's outcome to an outbox's counters.
+ *		Add one request's outcome to an outbox's counters: rows delivered,
+ *		rows scheduled for a retry, rows moved to the dead letters.
  */
 void
-courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 failed, const char *error)
+courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 retries, uint64 dead,
+						const char *error)
 {
 	TimestampTz now = GetCurrentTimestamp();
+	uint64		failed = retries + dead;
 
 	if (c == NULL)
 		return;
@@ -569,6 +576,18 @@ courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 faile
 	c->requests++;
 	c->delivered += delivered;
 	c->failed_attempts += failed;
+	c->retries += retries;
+	c->dead_lettered += dead;
+	c->rate_window_count += delivered;
+	if (TimestampDifferenceExceeds(c->rate_window_start, now, 1000))
+	{
+		long		ms = TimestampDifferenceMilliseconds(c->rate_window_start, now);
+
+		c->delivered_per_second = (c->rate_window_start == 0 || ms <= 0) ? 0 :
+			(double) c->rate_window_count * 1000.0 / ms;
+		c->rate_window_start = now;
+		c->rate_window_count = 0;
+	}
 	if (delivered > 0)
 		c->last_success_at = now;
 	if (failed > 0)
@@ -603,8 +622,8 @@ courier_worker_counters(PG_FUNCTION_ARGS)
 	for (int i = 0; i < COURIER_MAX_OUTBOXES; i++)
 	{
 		CourierOutboxCounters c;
-		Datum		values[7];
-		bool		nulls[7] = {0};
+		Datum		values[10];
+		bool		nulls[10] = {0};
 
 		SpinLockAcquire(&shared->counters[i].mutex);
 		memcpy(&c, &shared->counters[i], sizeof(c));
@@ -614,13 +633,16 @@ courier_worker_counters(PG_FUNCTION_ARGS)
 		values[0] = ObjectIdGetDatum(c.relid);
 		values[1] = Int64GetDatum((int64) c.delivered);
 		values[2] = Int64GetDatum((int64) c.failed_attempts);
-		values[3] = Int64GetDatum((int64) c.requests);
-		values[4] = CStringGetTextDatum(c.last_error);
-		nulls[4] = (c.last_error[0] == '\0');
-		values[5] = TimestampTzGetDatum(c.last_success_at);
-		nulls[5] = (c.last_success_at == 0);
-		values[6] = TimestampTzGetDatum(c.last_failure_at);
-		nulls[6] = (c.last_failure_at == 0);
+		values[3] = Int64GetDatum((int64) c.retries);
+		values[4] = Int64GetDatum((int64) c.dead_lettered);
+		values[5] = Int64GetDatum((int64) c.requests);
+		values[6] = Float8GetDatum(c.delivered_per_second);
+		values[7] = CStringGetTextDatum(c.last_error);
+		nulls[7] = (c.last_error[0] == '\0');
+		values[8] = TimestampTzGetDatum(c.last_success_at);
+		nulls[8] = (c.last_success_at == 0);
+		values[9] = TimestampTzGetDatum(c.last_failure_at);
+		nulls[9] = (c.last_failure_at == 0);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	PG_RETURN_VOID();

@@ -50,7 +50,12 @@ typedef struct CourierOutboxCounters
 	slock_t		mutex;
 	uint64		delivered;
 	uint64		failed_attempts;
+	uint64		retries;
+	uint64		dead_lettered;
 	uint64		requests;
+	TimestampTz rate_window_start;	/* delivered_per_second over >= 1 s windows */
+	uint64		rate_window_count;
+	double		delivered_per_second;
 	TimestampTz last_success_at;
 	TimestampTz last_failure_at;
 	char		last_error[COURIER_ERRLEN];
@@ -80,7 +85,7 @@ extern CourierWorkerInfo *courier_worker_attach(const char *dbname);
 extern void courier_worker_detach(void);
 extern void courier_worker_set_state(const char *state);
 extern CourierOutboxCounters *courier_counters_for(Oid relid);
-extern void courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 failed,
-									const char *error);
+extern void courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 retries,
+									uint64 dead, const char *error);
 
 #endif							/* OUTBOX_REGISTRY_H */

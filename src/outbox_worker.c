@@ -87,17 +87,11 @@ dispatch_one(OutboxState *ob, const CourierHoldSet *holds)
 		edata = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
-		courier_counters_record(ob->counters, 0, 0, NULL);
+		courier_counters_record(ob->counters, 0, 0, 0, NULL);
 		ereport(WARNING,
 				(errmsg("pg_courier: could not read outbox %s: %s", ob->qname, edata->message)));
 		/* statements may refer to a dropped or altered table: prepare them again */
-		if (ob->fetch_plan)
-		{
-			SPI_freeplan(ob->fetch_plan);
-			SPI_freeplan(ob->delete_plan);
-			SPI_freeplan(ob->fail_plan);
-			ob->fetch_plan = ob->delete_plan = ob->fail_plan = NULL;
-		}
+		courier_free_plans(ob);
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
@@ -208,7 +202,10 @@ timer_due(TimestampTz now)
 	{
 		OutboxState *ob = lfirst(lc);
 
-		if ((ob->rescan && now >= ob->rescan_at) || (ob->retry_at != 0 && now >= ob->retry_at))
+		TimestampTz breaker = courier_breaker_next_change(ob->breaker);
+
+		if ((ob->rescan && now >= ob->rescan_at) || (ob->retry_at != 0 && now >= ob->retry_at) ||
+			(breaker != 0 && now >= breaker))
 			return true;
 	}
 	return false;
@@ -232,6 +229,8 @@ next_wait_ms(TimestampTz now)
 			wait = Min(wait, TimestampDifferenceMilliseconds(now, ob->rescan_at));
 		if (ob->retry_at != 0)
 			wait = Min(wait, TimestampDifferenceMilliseconds(now, ob->retry_at) + 1);
+		if (courier_breaker_next_change(ob->breaker) != 0)
+			wait = Min(wait, TimestampDifferenceMilliseconds(now, courier_breaker_next_change(ob->breaker)) + 1);
 	}
 	return Max(wait, 1);
 }

@@ -16,6 +16,7 @@
 
 #include "http.h"
 #include "outbox_registry.h"
+#include "outbox_breaker.h"
 
 typedef enum CourierFormat
 {
@@ -54,6 +55,16 @@ typedef struct OutboxState
 	int			batch_size;
 	int			max_inflight;
 	int			timeout_ms;
+	int			retry_base_ms;	/* 0: the GUC */
+	int			retry_max_ms;	/* 0: the GUC */
+	int			max_attempts;	/* -1: the GUC; 0: forever */
+	bool		block_on_dead;	/* on_dead_letter = 'block' */
+	bool		plans_block;	/* the mode the fetch statement was made for */
+	bool		tls_verify;
+	const char **static_headers;	/* "Name: value", from the headers option */
+	int			nstatic_headers;
+	char	   *origin;			/* scheme://host:port: the breaker's identity */
+	CourierBreaker *breaker;
 
 	int			inflight;		/* requests in flight */
 	int64		cursor;			/* rows with id <= cursor were dealt with */
@@ -66,6 +77,7 @@ typedef struct OutboxState
 	SPIPlanPtr	fetch_plan;
 	SPIPlanPtr	delete_plan;
 	SPIPlanPtr	fail_plan;
+	SPIPlanPtr	dead_plan;
 	CourierOutboxCounters *counters;
 } OutboxState;
 
@@ -77,6 +89,7 @@ typedef struct Delivery
 	int			nrows;
 	int			maxrows;
 	int64	   *ids;
+	int		   *attempts;		/* attempts before this one, per row */
 	uint32	   *keyhashes;
 	bool	   *haskey;
 	const char *topic;			/* Kafka: the topic of every row */
@@ -86,7 +99,9 @@ typedef struct Delivery
 	int			nextra;
 	CourierHttpRequest *req;
 	bool		retried;		/* carries rows that failed before */
-	int			nfailed;		/* rows not acknowledged (set on completion) */
+	bool		probe;			/* the half-open breaker's probe */
+	int			nfailed;		/* rows to retry (set on completion) */
+	int			ndead;			/* rows moved to the dead letters */
 } Delivery;
 
 /* outbox_format.c */
@@ -101,5 +116,6 @@ extern void courier_refresh_outboxes(List **outboxes);
 extern bool courier_dispatch(OutboxState *ob, const CourierHoldSet *holds);
 extern void courier_complete(List *finished);
 extern void courier_forget_outbox(OutboxState *ob);
+extern void courier_free_plans(OutboxState *ob);
 
 #endif							/* OUTBOX_WORKER_H */

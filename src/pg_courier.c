@@ -23,6 +23,7 @@
 #include "utils/memutils.h"
 
 #include "pg_courier.h"
+#include "outbox_breaker.h"
 
 PG_MODULE_MAGIC;
 
@@ -35,6 +36,9 @@ int			courier_http_timeout_ms = 10000;
 int			courier_batch_size = 1000;
 int			courier_max_payload_bytes = 1024 * 1024;
 int			courier_max_databases = 16;
+int			courier_retry_base_ms = 1000;
+int			courier_retry_max_ms = 300000;
+int			courier_max_attempts = 10;
 char	   *courier_ca_file = NULL;
 
 bool		courier_preloaded = false;
@@ -132,6 +136,28 @@ define_outbox_gucs(void)
 							1024 * 1024, 64, MaxAllocSize / 4,
 							PGC_SUSET, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.retry_base_ms",
+							"Base of the exponential backoff between delivery attempts.",
+							"Attempt n waits a random time up to min(retry_max_ms, retry_base_ms * 2^n).",
+							&courier_retry_base_ms,
+							1000, 1, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.retry_max_ms",
+							"Upper bound of the backoff between delivery attempts.",
+							NULL,
+							&courier_retry_max_ms,
+							300000, 1, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.max_attempts",
+							"Delivery attempts before an event goes to courier.dead_letters.",
+							"0 retries forever.",
+							&courier_max_attempts,
+							10, 0, INT_MAX,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	courier_breaker_define_gucs();
 	DefineCustomStringVariable("courier.ca_file",
 							   "File of CA certificates that endpoints' TLS certificates are verified against.",
 							   "Empty: libcurl's default bundle.  Verification is always on unless an outbox turns it off.",

@@ -36,6 +36,9 @@ extern int	courier_batch_size;
 extern int	courier_max_payload_bytes;
 extern int	courier_max_databases;
 extern char *courier_ca_file;
+extern int	courier_retry_base_ms;
+extern int	courier_retry_max_ms;
+extern int	courier_max_attempts;
 
 /* True when loaded through shared_preload_libraries (shared memory exists). */
 extern bool courier_preloaded;

@@ -1,0 +1,329 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox_breaker.c
+ *	  Circuit breakers, one per endpoint origin (scheme://host:port), in
+ *	  shared memory so that every database's worker sees the same state.
+ *
+ * closed --(breaker_failure_threshold consecutive failures)--> open
+ * open --(breaker_reset_ms elapsed)--> half-open: exactly one probe request
+ * half-open --probe succeeds--> closed;  --probe fails--> open again
+ *
+ * While a breaker is open its outboxes send nothing: rows wait without
+ * spending attempts.  A failure here is the endpoint not answering properly
+ * (connection error, timeout, 408, 425, 429, 5xx); a permanent rejection
+ * such as 400 is an answer, and counts as a success for the breaker.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+
+#include "fmgr.h"
+#include "funcapi.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/timestamp.h"
+
+#include "pg_courier.h"
+#include "outbox_breaker.h"
+
+#define COURIER_MAX_BREAKERS	256
+#define ORIGIN_LEN				256
+
+struct CourierBreaker
+{
+	slock_t		mutex;
+	char		origin[ORIGIN_LEN]; /* "" while unused */
+	BreakerState state;
+	int			consecutive_failures;
+	bool		probe_inflight;
+	TimestampTz probe_started_at;
+	TimestampTz opened_at;
+	TimestampTz last_change_at;
+	uint64		opens;
+	uint64		successes;
+	uint64		failures;
+};
+
+typedef struct BreakerTable
+{
+	slock_t		mutex;			/* allocation of entries */
+	CourierBreaker entries[COURIER_MAX_BREAKERS];
+} BreakerTable;
+
+static BreakerTable *breakers = NULL;
+
+int			courier_breaker_failure_threshold = 5;
+int			courier_breaker_reset_ms = 30000;
+
+static const char *const state_names[] = {"closed", "open", "half-open"};
+
+PG_FUNCTION_INFO_V1(courier_breakers);
+PG_FUNCTION_INFO_V1(courier_origin);
+
+/*
+ * courier_breaker_define_gucs
+ *		The breaker's settings (reload).
+ */
+void
+courier_breaker_define_gucs(void)
+{
+	DefineCustomIntVariable("courier.breaker_failure_threshold",
+							"Consecutive failed requests to an endpoint that open its circuit breaker.",
+							"0 disables circuit breaking.",
+							&courier_breaker_failure_threshold,
+							5, 0, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.breaker_reset_ms",
+							"How long an open circuit breaker waits before one probe request.",
+							NULL,
+							&courier_breaker_reset_ms,
+							30000, 10, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+}
+
+Size
+courier_breaker_shmem_size(void)
+{
+	return sizeof(BreakerTable);
+}
+
+/*
+ * courier_breaker_shmem_init
+ *		Create or attach the breaker table (caller holds AddinShmemInitLock).
+ */
+void
+courier_breaker_shmem_init(void)
+{
+	bool		found;
+
+	breakers = ShmemInitStruct("pg_courier breakers", sizeof(BreakerTable), &found);
+	if (found)
+		return;
+	memset(breakers, 0, sizeof(BreakerTable));
+	SpinLockInit(&breakers->mutex);
+	for (int i = 0; i < COURIER_MAX_BREAKERS; i++)
+		SpinLockInit(&breakers->entries[i].mutex);
+}
+
+/*
+ * courier_origin_text
+ *		scheme://host:port of a URL (palloc'd), "" if it does not parse.
+ *		Credentials, path and query are not part of it.
+ */
+char *
+courier_origin_text(const char *url)
+{
+	CURLU	   *u = curl_url();
+	char	   *scheme = NULL;
+	char	   *host = NULL;
+	char	   *port = NULL;
+	char	   *result;
+
+	if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+		curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+		curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+		curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK)
+		result = psprintf("%s://%s:%s", scheme, host, port);
+	else
+		result = pstrdup("");
+	curl_free(scheme);
+	curl_free(host);
+	curl_free(port);
+	curl_url_cleanup(u);
+	return result;
+}
+
+/*
+ * courier_breaker_for
+ *		The breaker of an origin, created on first use; NULL when the table
+ *		is full (the endpoint then simply has no breaker).
+ */
+CourierBreaker *
+courier_breaker_for(const char *origin)
+{
+	CourierBreaker *result = NULL;
+
+	if (breakers == NULL || origin[0] == '\0')
+		return NULL;
+	SpinLockAcquire(&breakers->mutex);
+	for (int i = 0; i < COURIER_MAX_BREAKERS && result == NULL; i++)
+		if (strncmp(breakers->entries[i].origin, origin, ORIGIN_LEN - 1) == 0)
+			result = &breakers->entries[i];
+	for (int i = 0; i < COURIER_MAX_BREAKERS && result == NULL; i++)
+		if (breakers->entries[i].origin[0] == '\0')
+		{
+			result = &breakers->entries[i];
+			strlcpy(result->origin, origin, ORIGIN_LEN);
+			result->state = BREAKER_CLOSED;
+			result->last_change_at = GetCurrentTimestamp();
+		}
+	SpinLockRelease(&breakers->mutex);
+	return result;
+}
+
+/*
+ * courier_breaker_admit
+ *		How many new requests the endpoint may get now: -1 (no limit:
+ *		closed), 0 (open, or a probe is already out), or 1 (this is the
+ *		probe: the caller must report its outcome with was_probe = true, or
+ *		give it back with courier_breaker_release_probe).
+ */
+int
+courier_breaker_admit(CourierBreaker *b)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			allowed = -1;
+
+	if (b == NULL || courier_breaker_failure_threshold == 0)
+		return -1;
+	SpinLockAcquire(&b->mutex);
+	if (b->state == BREAKER_OPEN &&
+		TimestampDifferenceExceeds(b->opened_at, now, courier_breaker_reset_ms))
+	{
+		b->state = BREAKER_HALF_OPEN;
+		b->last_change_at = now;
+		b->probe_inflight = false;
+	}
+	if (b->state == BREAKER_OPEN)
+		allowed = 0;
+	else if (b->state == BREAKER_HALF_OPEN)
+	{
+		/* a probe lost with a crashed worker must not block forever */
+		if (b->probe_inflight &&
+			!TimestampDifferenceExceeds(b->probe_started_at, now, courier_http_timeout_ms + 5000))
+			allowed = 0;
+		else
+		{
+			b->probe_inflight = true;
+			b->probe_started_at = now;
+			allowed = 1;
+		}
+	}
+	SpinLockRelease(&b->mutex);
+	return allowed;
+}
+
+/*
+ * courier_breaker_release_probe
+ *		Give back a probe that was not used (nothing to send).
+ */
+void
+courier_breaker_release_probe(CourierBreaker *b)
+{
+	if (b == NULL)
+		return;
+	SpinLockAcquire(&b->mutex);
+	b->probe_inflight = false;
+	SpinLockRelease(&b->mutex);
+}
+
+/*
+ * courier_breaker_record
+ *		Count one finished request against its endpoint's breaker.
+ */
+void
+courier_breaker_record(CourierBreaker *b, bool success, bool was_probe)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (b == NULL)
+		return;
+	SpinLockAcquire(&b->mutex);
+	if (was_probe)
+		b->probe_inflight = false;
+	if (success)
+	{
+		b->successes++;
+		b->consecutive_failures = 0;
+		if (b->state != BREAKER_CLOSED && (was_probe || b->state == BREAKER_HALF_OPEN))
+		{
+			b->state = BREAKER_CLOSED;
+			b->last_change_at = now;
+		}
+	}
+	else
+	{
+		b->failures++;
+		b->consecutive_failures++;
+		if ((b->state == BREAKER_HALF_OPEN && was_probe) ||
+			(b->state == BREAKER_CLOSED && courier_breaker_failure_threshold > 0 &&
+			 b->consecutive_failures >= courier_breaker_failure_threshold))
+		{
+			b->state = BREAKER_OPEN;
+			b->opened_at = b->last_change_at = now;
+			b->opens++;
+		}
+	}
+	SpinLockRelease(&b->mutex);
+}
+
+/*
+ * courier_breaker_next_change
+ *		When an open breaker will let a probe through (0 when not open).
+ */
+TimestampTz
+courier_breaker_next_change(CourierBreaker *b)
+{
+	TimestampTz t = 0;
+
+	if (b == NULL)
+		return 0;
+	SpinLockAcquire(&b->mutex);
+	if (b->state == BREAKER_OPEN)
+		t = TimestampTzPlusMilliseconds(b->opened_at, courier_breaker_reset_ms);
+	SpinLockRelease(&b->mutex);
+	return t;
+}
+
+/*
+ * courier_breakers
+ *		courier.breakers(): every endpoint's breaker.
+ */
+Datum
+courier_breakers(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (breakers == NULL)
+		PG_RETURN_VOID();
+	for (int i = 0; i < COURIER_MAX_BREAKERS; i++)
+	{
+		CourierBreaker c;
+		Datum		values[8];
+		bool		nulls[8] = {0};
+
+		SpinLockAcquire(&breakers->entries[i].mutex);
+		memcpy(&c, &breakers->entries[i], sizeof(c));
+		SpinLockRelease(&breakers->entries[i].mutex);
+		if (c.origin[0] == '\0')
+			continue;
+		values[0] = CStringGetTextDatum(c.origin);
+		values[1] = CStringGetTextDatum(state_names[c.state]);
+		values[2] = Int32GetDatum(c.consecutive_failures);
+		values[3] = TimestampTzGetDatum(c.opened_at);
+		nulls[3] = (c.opened_at == 0);
+		values[4] = Int64GetDatum((int64) c.opens);
+		values[5] = Int64GetDatum((int64) c.successes);
+		values[6] = Int64GetDatum((int64) c.failures);
+		values[7] = TimestampTzGetDatum(c.last_change_at);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	PG_RETURN_VOID();
+}
+
+/*
+ * courier_origin
+ *		courier._origin(url): the breaker identity of an endpoint.
+ */
+Datum
+courier_origin(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(courier_origin_text(text_to_cstring(PG_GETARG_TEXT_PP(0)))));
+}
