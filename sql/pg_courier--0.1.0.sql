@@ -255,6 +255,7 @@ CREATE TABLE courier.dead_letters (
     id              bigserial   PRIMARY KEY,
     outbox          regclass    NOT NULL,
     owner           regrole     NOT NULL,
+    outbox_id       bigint,                 -- the event's id in its outbox (its place in the order)
     event_id        uuid        NOT NULL,
     topic           text,
     key             text,
@@ -292,15 +293,16 @@ BEGIN
         RAISE EXCEPTION 'table % is not an outbox', outbox USING ERRCODE = 'undefined_object',
             HINT = 'Only the outboxes of roles you belong to are visible.';
     END IF;
-    -- same event id, a new outbox id: the event goes to the back of its key's queue
+    -- Same event id and, when known, the same outbox id: the event takes its old place, ahead of
+    -- later events of its key that waited (on_dead_letter = 'block').
     EXECUTE format($q$
         WITH moved AS (
             DELETE FROM courier.dead_letters d
              WHERE d.outbox = $1 AND ($2 IS NULL OR d.event_id = ANY ($2))
                AND ($3 IS NULL OR d.key = $3) AND ($4 IS NULL OR d.last_failed_at >= $4)
-            RETURNING d.id, d.event_id, d.topic, d.key, d.payload, d.headers, d.created_at)
-        INSERT INTO %s (event_id, topic, key, payload, headers, created_at)
-        SELECT event_id, topic, key, payload, headers, created_at FROM moved ORDER BY id$q$, outbox)
+            RETURNING d.id, d.outbox_id, d.event_id, d.topic, d.key, d.payload, d.headers, d.created_at)
+        INSERT INTO %s (id, event_id, topic, key, payload, headers, created_at)
+        SELECT outbox_id, event_id, topic, key, payload, headers, created_at FROM moved ORDER BY id$q$, outbox)
     USING outbox, event_ids, key, failed_since;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;

@@ -96,9 +96,9 @@ make_state_plans(OutboxState *ob)
 	appendStringInfo(&sql,
 					 "WITH moved AS (DELETE FROM %s o USING unnest($1, $2, $3) AS d(id, status, err) "
 					 "  WHERE o.id = d.id RETURNING o.*, d.status AS d_status, d.err AS d_err) "
-					 "INSERT INTO courier.dead_letters (outbox, owner, event_id, topic, key, payload, headers, "
+					 "INSERT INTO courier.dead_letters (outbox, owner, outbox_id, event_id, topic, key, payload, headers, "
 					 "  created_at, attempts, first_failed_at, last_failed_at, last_status, last_error, blocking) "
-					 "SELECT $4, (SELECT x.owner FROM courier.outboxes x WHERE x.outbox = $4), event_id, topic, key, "
+					 "SELECT $4, (SELECT x.owner FROM courier.outboxes x WHERE x.outbox = $4), id, event_id, topic, key, "
 					 "  payload, headers, created_at, attempts + 1, COALESCE(first_failed_at, clock_timestamp()), "
 					 "  clock_timestamp(), NULLIF(d_status, 0), d_err, $5 AND key IS NOT NULL FROM moved",
 					 ob->qname);

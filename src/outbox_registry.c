@@ -79,6 +79,7 @@ static CourierShared *shared = NULL;
 
 /* backend-local: this transaction wrote to an outbox (wake the worker at commit) */
 static bool xact_wrote_outbox = false;
+static bool xact_gave_ids = false;	/* rows brought their own ids (replay, restore) */
 static bool xact_registered = false;
 static int	cached_worker_index = -1;
 static CourierWorkerInfo *my_worker = NULL;
@@ -131,7 +132,10 @@ courier_registry_shmem_init(void)
 	for (int i = 0; i < COURIER_MAX_OUTBOXES; i++)
 		SpinLockInit(&shared->counters[i].mutex);
 	for (int i = 0; i < shared->nworkers; i++)
+	{
 		pg_atomic_init_u64(&shared->workers[i].rounds, 0);
+		pg_atomic_init_u32(&shared->workers[i].rescan, 0);
+	}
 }
 
 /*
@@ -228,6 +232,8 @@ courier_registry_insert(Oid relid, Oid seqid, const char *key, int keylen, int64
 		SpinLockRelease(&slot->mutex);
 	}
 
+	if (given_id > 0)
+		xact_gave_ids = true;
 	id = (given_id > 0) ? given_id : nextval_internal(seqid, true);
 
 	if (e != NULL && first)
@@ -262,6 +268,9 @@ wake_worker(void)
 			return;
 	}
 	w = &shared->workers[cached_worker_index];
+	/* rows may have landed behind the worker's read cursor */
+	if (xact_gave_ids)
+		pg_atomic_write_u32(&w->rescan, 1);
 	if (w->pid != 0)
 		SetLatch(&ProcGlobal->allProcs[w->procno].procLatch);
 }
@@ -314,12 +323,12 @@ registry_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			clear_slot(true);
 			wake_worker();
-			xact_wrote_outbox = false;
+			xact_wrote_outbox = xact_gave_ids = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			clear_slot(false);
-			xact_wrote_outbox = false;
+			xact_wrote_outbox = xact_gave_ids = false;
 			break;
 		default:
 			break;
@@ -523,6 +532,16 @@ courier_worker_set_state(const char *state)
 		return;
 	strlcpy(my_worker->state, state, sizeof(my_worker->state));
 	pg_atomic_fetch_add_u64(&my_worker->rounds, 1);
+}
+
+/*
+ * courier_worker_take_rescan
+ *		Did a producer ask for a read from the start?  (Clears the request.)
+ */
+bool
+courier_worker_take_rescan(void)
+{
+	return my_worker != NULL && pg_atomic_exchange_u32(&my_worker->rescan, 0) != 0;
 }
 
 /*

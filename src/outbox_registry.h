@@ -70,6 +70,7 @@ typedef struct CourierWorkerInfo
 	int			procno;
 	TimestampTz started_at;
 	pg_atomic_uint64 rounds;
+	pg_atomic_uint32 rescan;	/* rows with explicit ids arrived: read from the start */
 	char		state[32];
 } CourierWorkerInfo;
 
@@ -84,6 +85,7 @@ extern uint32 courier_key_hash(const char *key, int len);
 extern CourierWorkerInfo *courier_worker_attach(const char *dbname);
 extern void courier_worker_detach(void);
 extern void courier_worker_set_state(const char *state);
+extern bool courier_worker_take_rescan(void);
 extern CourierOutboxCounters *courier_counters_for(Oid relid);
 extern void courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 retries,
 									uint64 dead, const char *error);

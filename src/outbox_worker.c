@@ -158,6 +158,14 @@ delivery_round(void)
 		courier_refresh_outboxes(&outboxes);
 		last_refresh = now;
 	}
+	if (courier_worker_take_rescan())
+	{
+		foreach(lc, outboxes)
+		{
+			((OutboxState *) lfirst(lc))->rescan = true;
+			((OutboxState *) lfirst(lc))->rescan_at = 0;
+		}
+	}
 	foreach(lc, outboxes)
 		more |= dispatch_one(lfirst(lc), &holds);
 
