@@ -164,7 +164,28 @@ DELETE FROM courier.consumed_events;
 RESET ROLE;
 DROP ROLE idem_app;
 
--- 11. The settings.
+-- 11. The functions run as their owner, so nothing in the caller's search_path may be picked up.
+CREATE FUNCTION public.evil_eq(text, text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'evil operator called by %', current_user; END $$;
+CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.evil_eq);
+CREATE FUNCTION public.evil_plus(timestamptz, interval) RETURNS timestamptz LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'evil operator called by %', current_user; END $$;
+CREATE OPERATOR public.+ (LEFTARG = timestamptz, RIGHTARG = interval, FUNCTION = public.evil_plus);
+SET search_path = public, pg_catalog;
+SELECT 'a'::text = 'a'::text;   -- the caller's own statements do see it
+SELECT outcome FROM courier.idempotency_begin('path-1', 'fp');
+SELECT outcome FROM courier.idempotency_begin('path-1', 'fp');
+SELECT courier.idempotency_extend('path-1') IS NOT NULL AS extended;
+SELECT courier.idempotency_complete('path-1', 200, '{}');
+SELECT outcome FROM courier.idempotency_begin('path-1', 'fp');
+SELECT keys_removed >= 0 AS swept FROM courier.idempotency_sweep();
+SELECT courier.consume_once('path', 'd3eebc99-9c0b-4ef8-bb6d-6bb9bd380a11');
+RESET search_path;
+DROP OPERATOR public.= (text, text);
+DROP OPERATOR public.+ (timestamptz, interval);
+DROP FUNCTION public.evil_eq, public.evil_plus;
+
+-- 12. The settings.
 SELECT name, setting, unit, context FROM pg_settings
  WHERE name IN ('courier.idempotency_sweep_ms', 'courier.idempotency_sweep_batch', 'courier.dedupe_retention')
  ORDER BY name;
