@@ -37,6 +37,15 @@ SELECT outcome FROM courier.idempotency_begin('order-2');
 ROLLBACK;
 SELECT outcome FROM courier.idempotency_begin('order-2');
 
+-- ... also under REPEATABLE READ: a transaction sees its own claim and answer.
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT outcome FROM courier.idempotency_begin('order-rr');
+SELECT outcome FROM courier.idempotency_begin('order-rr');
+SELECT courier.idempotency_complete('order-rr', 200, '{"rr": true}');
+SELECT outcome, response FROM courier.idempotency_begin('order-rr');
+COMMIT;
+SELECT outcome, response FROM courier.idempotency_begin('order-rr');
+
 -- 3. The multi-transaction shape: begin commits a lease; others see in_progress until it ends.
 SELECT * FROM idem('order-3', 'fp');
 SELECT * FROM idem('order-3', 'fp');
