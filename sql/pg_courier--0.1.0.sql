@@ -443,8 +443,113 @@ GRANT SELECT ON courier.outbox_stats TO PUBLIC;
 
 
 ------------------------------------------------------------------------------------------------------
--- (idempotency keys) goes here
+-- Idempotency keys (issue 4): API-boundary keys with leases, and consumer-side deduplication
 ------------------------------------------------------------------------------------------------------
+
+-- One row per (scope, key): 'in_progress' while a request holds its lease, 'completed' once its answer
+-- is stored for replay.  Only the functions below write it (SECURITY DEFINER) and they validate every
+-- value, so the table has no CHECK constraints: each would cost every begin() an expression set-up.
+-- It is dumped with the database so that retries after a dump and restore are still recognised.
+CREATE TABLE courier.idempotency_keys (
+    scope            text        NOT NULL,
+    key              text        NOT NULL,
+    fingerprint      text,
+    state            text        NOT NULL,      -- 'in_progress' or 'completed'
+    status_code      integer,                   -- 200..599 (checked by idempotency_complete)
+    response         jsonb,
+    lease_token      uuid,
+    lease_expires_at timestamptz,
+    attempt          integer     NOT NULL DEFAULT 1,
+    created_at       timestamptz NOT NULL,
+    completed_at     timestamptz,
+    expires_at       timestamptz NOT NULL,
+    PRIMARY KEY (scope, key)
+) WITH (fillfactor = 90);
+CREATE INDEX idempotency_keys_expires_at ON courier.idempotency_keys (expires_at);
+COMMENT ON TABLE courier.idempotency_keys IS 'Idempotency keys and their stored outcomes (pg_courier)';
+SELECT pg_catalog.pg_extension_config_dump('courier.idempotency_keys', '');
+REVOKE ALL ON courier.idempotency_keys FROM PUBLIC;
+
+-- The key functions are SECURITY DEFINER (the table is not writable by their callers) without a SET
+-- search_path, which would cost every call a quarter of a replay: their C code qualifies every name and
+-- every operator it uses (see src/idempotency.c).
+CREATE FUNCTION courier.idempotency_begin(
+    key text, fingerprint text DEFAULT NULL, scope text DEFAULT '',
+    ttl interval DEFAULT '24 hours', lease interval DEFAULT '30 seconds',
+    OUT outcome text, OUT status_code integer, OUT response jsonb, OUT lease_token uuid,
+    OUT lease_expires_at timestamptz, OUT expires_at timestamptz, OUT attempt integer)
+RETURNS record LANGUAGE C VOLATILE SECURITY DEFINER
+AS 'MODULE_PATHNAME', 'courier_idempotency_begin';
+COMMENT ON FUNCTION courier.idempotency_begin(text, text, text, interval, interval) IS
+    'Claim an idempotency key: started, replay, in_progress (HTTP 409) or mismatch (HTTP 422)';
+
+CREATE FUNCTION courier.idempotency_complete(
+    key text, status_code integer, response jsonb DEFAULT NULL, scope text DEFAULT '',
+    lease_token uuid DEFAULT NULL)
+RETURNS boolean LANGUAGE C VOLATILE SECURITY DEFINER
+AS 'MODULE_PATHNAME', 'courier_idempotency_complete';
+COMMENT ON FUNCTION courier.idempotency_complete(text, integer, jsonb, text, uuid) IS
+    'Store the answer of a started key for replay (true), or release the key on a transient status (false)';
+
+CREATE FUNCTION courier.idempotency_abandon(key text, scope text DEFAULT '', lease_token uuid DEFAULT NULL)
+RETURNS boolean LANGUAGE C VOLATILE SECURITY DEFINER
+AS 'MODULE_PATHNAME', 'courier_idempotency_abandon';
+COMMENT ON FUNCTION courier.idempotency_abandon(text, text, uuid) IS
+    'Release an in-progress key after a transient failure so that a retry starts again';
+
+CREATE FUNCTION courier.idempotency_extend(key text, lease interval DEFAULT '30 seconds', scope text DEFAULT '',
+                                           lease_token uuid DEFAULT NULL)
+RETURNS timestamptz LANGUAGE C VOLATILE SECURITY DEFINER
+AS 'MODULE_PATHNAME', 'courier_idempotency_extend';
+COMMENT ON FUNCTION courier.idempotency_extend(text, interval, text, uuid) IS
+    'Extend the lease of an in-progress key (heartbeat of long work)';
+
+CREATE FUNCTION courier.request_fingerprint(method text, path text, body jsonb DEFAULT NULL)
+RETURNS text LANGUAGE C IMMUTABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'courier_request_fingerprint';
+COMMENT ON FUNCTION courier.request_fingerprint(text, text, jsonb) IS
+    'SHA-256 (hex) of a request, independent of JSON key order and formatting';
+
+-- Consumer-side deduplication: one row per event a consumer has applied, inserted in the consumer's own
+-- transaction so that it commits (or rolls back) with the business effect.
+CREATE TABLE courier.consumed_events (
+    consumer    text        NOT NULL,
+    event_id    uuid        NOT NULL,
+    consumed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (consumer, event_id)
+);
+CREATE INDEX consumed_events_consumed_at ON courier.consumed_events (consumed_at);
+COMMENT ON TABLE courier.consumed_events IS 'Events applied by consumers, for courier.consume_once (pg_courier)';
+SELECT pg_catalog.pg_extension_config_dump('courier.consumed_events', '');
+REVOKE ALL ON courier.consumed_events FROM PUBLIC;
+
+-- A concurrent duplicate waits here for the first transaction: if that one rolls back, the event was
+-- not applied and the duplicate must apply it, so answering before the outcome is known would be wrong.
+CREATE FUNCTION courier.consume_once(consumer text, event_id uuid)
+RETURNS boolean LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF consumer IS NULL OR consumer = '' THEN
+        RAISE EXCEPTION 'consumer name must not be NULL or empty'
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'Name the consumer, e.g. ''billing''.';
+    END IF;
+    IF event_id IS NULL THEN
+        RAISE EXCEPTION 'event_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'Pass the event''s id (the CloudEvents id).';
+    END IF;
+    INSERT INTO courier.consumed_events AS c (consumer, event_id)
+    VALUES (consume_once.consumer, consume_once.event_id)
+    ON CONFLICT DO NOTHING;
+    RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION courier.consume_once(text, uuid) IS
+    'true the first time a consumer sees an event (in the caller''s transaction), false for a duplicate';
+
+CREATE FUNCTION courier.idempotency_sweep(OUT keys_removed bigint, OUT events_removed bigint)
+RETURNS record LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'courier_idempotency_sweep';
+COMMENT ON FUNCTION courier.idempotency_sweep() IS
+    'Remove expired idempotency keys and dedupe records older than courier.dedupe_retention, now';
 
 ------------------------------------------------------------------------------------------------------
 -- Saga-step state: durable state machines for multi-step business transactions (doc/saga.md)

@@ -1,29 +1,759 @@
 /*-------------------------------------------------------------------------
  *
  * idempotency.c
- *	  (placeholder: implemented by its own issue)
+ *	  API-boundary idempotency keys: courier.idempotency_begin(),
+ *	  courier.idempotency_complete(), courier.idempotency_abandon() and
+ *	  courier.idempotency_extend().
+ *
+ * A key is a row of courier.idempotency_keys, primary key (scope, key),
+ * either 'in_progress' (owned by the request holding its lease) or
+ * 'completed' (its stored status and response are replayed).
+ *
+ * The hard part is two requests racing on a new key.  INSERT ... ON
+ * CONFLICT DO NOTHING alone is not enough: when the conflicting row was
+ * inserted by a transaction that has not committed yet, the second INSERT
+ * waits for that transaction to end - for the whole duration of the first
+ * request in the single-transaction usage shape.  So every write of a key
+ * is made under a transaction-level lock on a 64-bit hash of (scope, key),
+ * and begin() only *tries* that lock: whoever does not get it is told
+ * 'in_progress' at once.  Holding the lock until commit also means the
+ * winner's snapshot, taken after the lock, sees every earlier holder's
+ * committed row (locks are released after the commit is visible).
+ *
+ * Reads need no lock: a committed, live, completed key is replayed by a
+ * plain index lookup, so replays never contend with each other.
+ *
+ * The lock is an advisory lock with its own class (locktag_field4), so it
+ * cannot collide with pg_advisory_lock(bigint) or (int, int) keys; it shows
+ * up in pg_locks as locktype 'advisory' with objsubid 17225.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "mb/pg_wchar.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
 #include "pg_courier.h"
+#include "idempotency.h"
+
+PG_FUNCTION_INFO_V1(courier_idempotency_begin);
+PG_FUNCTION_INFO_V1(courier_idempotency_complete);
+PG_FUNCTION_INFO_V1(courier_idempotency_abandon);
+PG_FUNCTION_INFO_V1(courier_idempotency_extend);
+
+/* Advisory lock class of key locks ("CI"); user advisory locks use 1 and 2. */
+#define IDEM_LOCK_CLASS		17225
+
+/* Longest accepted key and scope, in characters (Stripe's limit for keys). */
+#define IDEM_MAX_CHARS		255
 
 /*
- * courier_idempotency_init
- *		Define this module's GUCs (called from _PG_init).
+ * The key functions run as SECURITY DEFINER without a SET search_path (that
+ * costs a quarter of a replay): instead every name and every operator in
+ * their statements is schema-qualified, so that no object in the caller's
+ * search_path can be picked up, even when a statement is re-planned.
  */
-void
-courier_idempotency_init(void)
+#define EQ		" OPERATOR(pg_catalog.=) "
+#define GT		" OPERATOR(pg_catalog.>) "
+#define LE		" OPERATOR(pg_catalog.<=) "
+#define PLUS	" OPERATOR(pg_catalog.+) "
+/* fingerprint IS NOT DISTINCT FROM $3, spelled without an unqualified "=" */
+#define SAME_FP	"COALESCE(fingerprint " EQ " $3, fingerprint IS NULL AND $3 IS NULL)"
+
+/* complete/abandon/extend's look at a key they could not act on. */
+#define STATE_SQL \
+	"SELECT state, expires_at " GT " $3 " \
+	"  FROM courier.idempotency_keys WHERE scope " EQ " $1 AND key " EQ " $2"
+
+/* Columns of begin()'s result row. */
+#define BEGIN_NCOLS			7
+
+static SPIPlanPtr plan_insert = NULL;
+static SPIPlanPtr plan_recover = NULL;
+static SPIPlanPtr plan_reset = NULL;
+static SPIPlanPtr plan_complete = NULL;
+static SPIPlanPtr plan_release = NULL;
+static SPIPlanPtr plan_extend = NULL;
+static SPIPlanPtr plan_state = NULL;
+
+/* What begin()'s read of a key found, evaluated against one "now". */
+typedef struct KeyState
 {
+	bool		found;
+	bool		completed;
+	bool		same_fingerprint;
+	bool		live;			/* not past expires_at */
+	bool		lease_live;		/* in progress and its lease not expired */
+	Datum		status_code;
+	bool		status_null;
+	Datum		response;
+	bool		response_null;
+	Datum		lease_expires_at;
+	bool		lease_expires_null;
+	Datum		expires_at;
+	Datum		attempt;
+} KeyState;
+
+/* Outcome of begin(): one of these words and the columns that go with it. */
+typedef struct BeginResult
+{
+	const char *outcome;
+	Datum		values[BEGIN_NCOLS];
+	bool		nulls[BEGIN_NCOLS];
+} BeginResult;
+
+/*
+ * courier_idem_plan
+ *		Prepare a statement once per backend and keep it.  The plan cache
+ *		re-plans it when the tables change (e.g. the extension is recreated).
+ */
+SPIPlanPtr
+courier_idem_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan;
+
+	if (*slot != NULL)
+		return *slot;
+	plan = SPI_prepare(sql, nargs, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "pg_courier: could not prepare \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	*slot = plan;
+	return plan;
 }
 
 /*
- * courier_idempotency_maintenance
- *		Called by the database worker between delivery rounds (in a transaction).
+ * check_name
+ *		Validate a key or scope argument: the NULL/empty key is the HTTP 400
+ *		case, so say precisely what was wrong.
  */
-void
-courier_idempotency_maintenance(void)
+static text *
+check_name(FunctionCallInfo fcinfo, int argno, const char *what, bool empty_ok)
 {
+	text	   *t;
+	int			len;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("idempotency %s must not be NULL", what),
+				 errhint(empty_ok ? "Use '' for the default scope." :
+						 "Pass the client's Idempotency-Key; a request without one cannot be deduplicated (HTTP 400).")));
+	t = PG_GETARG_TEXT_PP(argno);
+	len = VARSIZE_ANY_EXHDR(t);
+	if (len == 0 && !empty_ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("idempotency %s must not be empty", what),
+				 errhint("Pass the client's Idempotency-Key; a request without one cannot be deduplicated (HTTP 400).")));
+	if (len > IDEM_MAX_CHARS &&
+		pg_mbstrlen_with_len(VARDATA_ANY(t), len) > IDEM_MAX_CHARS)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("idempotency %s is too long (%d characters)", what,
+						pg_mbstrlen_with_len(VARDATA_ANY(t), len)),
+				 errdetail("At most %d characters are accepted.", IDEM_MAX_CHARS)));
+	return t;
 }
 
+/*
+ * check_interval
+ *		A ttl or lease must be given and strictly positive.
+ */
+static Interval *
+check_interval(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	Interval   *iv;
+	Interval	zero = {0};
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("idempotency %s must not be NULL", what)));
+	iv = PG_GETARG_INTERVAL_P(argno);
+	if (DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(iv),
+										  IntervalPGetDatum(&zero))) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("idempotency %s must be positive", what),
+				 errhint("For example '24 hours' for ttl, '30 seconds' for lease.")));
+	return iv;
+}
+
+/*
+ * key_locktag
+ *		The advisory lock tag of (scope, key): 64 bits of hash, so that two
+ *		different keys sharing a lock (and one of them seeing a spurious
+ *		'in_progress') is practically impossible.
+ */
+static void
+key_locktag(LOCKTAG *tag, text *scope, text *key)
+{
+	uint64		h;
+
+	h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(scope),
+							VARSIZE_ANY_EXHDR(scope), 0);
+	h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(key),
+							VARSIZE_ANY_EXHDR(key), h);
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 IDEM_LOCK_CLASS);
+}
+
+/* Columns of courier.idempotency_keys, as the install script creates them. */
+#define COL_SCOPE			1
+#define COL_KEY				2
+#define COL_FINGERPRINT		3
+#define COL_STATE			4
+#define COL_STATUS_CODE		5
+#define COL_RESPONSE		6
+#define COL_LEASE_EXPIRES	8
+#define COL_ATTEMPT			9
+#define COL_EXPIRES_AT		12
+#define KEYS_NATTS			12
+
+/*
+ * text_equal
+ *		Bytewise equality of two text datums (what texteq does under the
+ *		deterministic collations a database can have as its default).
+ */
+static bool
+text_equal(Datum a, Datum b)
+{
+	text	   *ta = DatumGetTextPP(a);
+	text	   *tb = DatumGetTextPP(b);
+
+	return VARSIZE_ANY_EXHDR(ta) == VARSIZE_ANY_EXHDR(tb) &&
+		memcmp(VARDATA_ANY(ta), VARDATA_ANY(tb), VARSIZE_ANY_EXHDR(ta)) == 0;
+}
+
+/*
+ * read_key
+ *		Look the key up with a fresh snapshot (as an SPI query would take) and
+ *		judge it against "now".  This is the whole of a replay, so it reads the
+ *		primary key index directly: a quarter of the cost of an SPI query.
+ *		Values are copied out of the buffer into the current (SPI) context.
+ */
+static void
+read_key(KeyState *ks, Datum *args, const char *nulls)
+{
+	Oid			nsp = get_namespace_oid(COURIER_SCHEMA, false);
+	Oid			relid = get_relname_relid("idempotency_keys", nsp);
+	Relation	rel;
+	Relation	idx;
+	ScanKeyData skey[2];
+	SysScanDesc scan;
+	Snapshot	snap;
+	HeapTuple	tup;
+	Datum		v[KEYS_NATTS];
+	bool		n[KEYS_NATTS];
+	TimestampTz now = DatumGetTimestampTz(args[3]);
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "pg_courier: table courier.idempotency_keys is missing");
+	memset(ks, 0, sizeof(*ks));
+	rel = table_open(relid, AccessShareLock);
+	if (RelationGetDescr(rel)->natts != KEYS_NATTS || !OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+		elog(ERROR, "pg_courier: courier.idempotency_keys does not have the expected shape");
+	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	ScanKeyEntryInitialize(&skey[0], 0, COL_SCOPE, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[0], F_TEXTEQ, args[0]);
+	ScanKeyEntryInitialize(&skey[1], 0, COL_KEY, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[1], F_TEXTEQ, args[1]);
+
+	/* see this transaction's earlier writes, and in READ COMMITTED everyone's latest commits */
+	CommandCounterIncrement();
+	snap = RegisterSnapshot(GetTransactionSnapshot());	/* (a private copy) */
+	snap->curcid = GetCurrentCommandId(false);	/* REPEATABLE READ: still see our own writes */
+	scan = systable_beginscan(rel, RelationGetRelid(idx), true, snap, 2, skey);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		in_progress;
+
+		heap_deform_tuple(tup, RelationGetDescr(rel), v, n);
+		ks->found = true;
+		ks->completed = text_equal(v[COL_STATE - 1], CStringGetTextDatum("completed"));
+		in_progress = !ks->completed;
+		if (n[COL_FINGERPRINT - 1] || nulls[2] == 'n')
+			ks->same_fingerprint = n[COL_FINGERPRINT - 1] && nulls[2] == 'n';
+		else
+			ks->same_fingerprint = text_equal(v[COL_FINGERPRINT - 1], args[2]);
+		ks->expires_at = TimestampTzGetDatum(DatumGetTimestampTz(v[COL_EXPIRES_AT - 1]));
+		ks->live = DatumGetTimestampTz(v[COL_EXPIRES_AT - 1]) > now;
+		ks->lease_expires_null = n[COL_LEASE_EXPIRES - 1];
+		if (!ks->lease_expires_null)
+			ks->lease_expires_at = TimestampTzGetDatum(DatumGetTimestampTz(v[COL_LEASE_EXPIRES - 1]));
+		ks->lease_live = in_progress && !ks->lease_expires_null &&
+			DatumGetTimestampTz(v[COL_LEASE_EXPIRES - 1]) > now;
+		ks->status_null = n[COL_STATUS_CODE - 1];
+		ks->status_code = v[COL_STATUS_CODE - 1];
+		ks->response_null = n[COL_RESPONSE - 1];
+		if (!ks->response_null)
+			ks->response = PointerGetDatum(PG_DETOAST_DATUM_COPY(v[COL_RESPONSE - 1]));
+		ks->attempt = v[COL_ATTEMPT - 1];
+	}
+	systable_endscan(scan);
+	UnregisterSnapshot(snap);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+}
+
+/*
+ * set_outcome
+ *		Fill begin()'s result for an outcome that did not write anything.
+ */
+static void
+set_outcome(BeginResult *r, const char *outcome, KeyState *ks)
+{
+	r->outcome = outcome;
+	for (int i = 0; i < BEGIN_NCOLS; i++)
+		r->nulls[i] = true;
+	if (strcmp(outcome, "replay") == 0)
+	{
+		r->values[1] = ks->status_code;
+		r->nulls[1] = ks->status_null;
+		r->values[2] = ks->response;
+		r->nulls[2] = ks->response_null;
+		r->values[5] = ks->expires_at;
+		r->nulls[5] = false;
+		r->values[6] = ks->attempt;
+		r->nulls[6] = false;
+	}
+	else if (strcmp(outcome, "in_progress") == 0 && ks->found && ks->lease_live)
+	{
+		/* when the holder's lease ends: what a 409 can put in Retry-After */
+		r->values[4] = ks->lease_expires_at;
+		r->nulls[4] = ks->lease_expires_null;
+	}
+}
+
+/*
+ * write_key
+ *		Take the key for this request (we hold its lock): insert a new row,
+ *		reset an expired one, or recover one whose holder's lease expired.
+ *		Returns false when the row changed since it was read (the caller
+ *		reads again); on success fills the 'started' result.
+ */
+static bool
+write_key(BeginResult *r, KeyState *ks, Datum *args, const char *nulls)
+{
+	static Oid	types[] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INTERVALOID, INTERVALOID};
+	SPIPlanPtr	plan;
+	int			rc;
+	bool		isnull;
+
+	if (!ks->found)
+		plan = courier_idem_plan(&plan_insert,
+								 "INSERT INTO courier.idempotency_keys AS k "
+								 "  (scope, key, fingerprint, state, lease_token, lease_expires_at, "
+								 "   attempt, created_at, expires_at) "
+								 "VALUES ($1, $2, $3, 'in_progress', pg_catalog.gen_random_uuid(), $4 " PLUS " $5, "
+								 "        1, $4, $4 " PLUS " $6) "
+								 "ON CONFLICT DO NOTHING "
+								 "RETURNING lease_token, lease_expires_at, expires_at, attempt",
+								 6, types);
+	else if (!ks->live)
+		plan = courier_idem_plan(&plan_reset,
+								 "UPDATE courier.idempotency_keys "
+								 "   SET fingerprint = $3, state = 'in_progress', status_code = NULL, "
+								 "       response = NULL, lease_token = pg_catalog.gen_random_uuid(), "
+								 "       lease_expires_at = $4 " PLUS " $5, attempt = 1, created_at = $4, "
+								 "       completed_at = NULL, expires_at = $4 " PLUS " $6 "
+								 " WHERE scope " EQ " $1 AND key " EQ " $2 AND expires_at " LE " $4 "
+								 "RETURNING lease_token, lease_expires_at, expires_at, attempt",
+								 6, types);
+	else
+		plan = courier_idem_plan(&plan_recover,
+								 "UPDATE courier.idempotency_keys "
+								 "   SET lease_token = pg_catalog.gen_random_uuid(), "
+								 "       lease_expires_at = $4 " PLUS " $5, attempt = attempt " PLUS " 1 "
+								 " WHERE scope " EQ " $1 AND key " EQ " $2 AND state " EQ " 'in_progress' "
+								 "   AND lease_expires_at " LE " $4 AND expires_at " GT " $4 "
+								 "   AND " SAME_FP " "
+								 "RETURNING lease_token, lease_expires_at, expires_at, attempt",
+								 6, types);
+
+	rc = SPI_execute_plan(plan, args, nulls, false, 1);
+	if (rc != SPI_OK_INSERT_RETURNING && rc != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "pg_courier: could not write courier.idempotency_keys: %s",
+			 SPI_result_code_string(rc));
+	if (SPI_processed != 1)
+		return false;
+
+	r->outcome = "started";
+	for (int i = 0; i < 4; i++)
+	{
+		r->values[3 + i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										 i + 1, &isnull);
+		r->nulls[3 + i] = isnull;
+	}
+	r->nulls[0] = r->nulls[1] = r->nulls[2] = true;
+	return true;
+}
+
+/*
+ * begin_tupdesc
+ *		begin()'s blessed result descriptor, built once per call site: looking
+ *		it up costs more than the rest of a replay.
+ */
+static TupleDesc
+begin_tupdesc(FunctionCallInfo fcinfo)
+{
+	TupleDesc	tupdesc;
+	MemoryContext old;
+
+	if (fcinfo->flinfo->fn_extra != NULL)
+		return (TupleDesc) fcinfo->flinfo->fn_extra;
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "pg_courier: idempotency_begin must return a row");
+	old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+	tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+	MemoryContextSwitchTo(old);
+	fcinfo->flinfo->fn_extra = tupdesc;
+	return tupdesc;
+}
+
+/*
+ * courier_idempotency_begin
+ *		courier.idempotency_begin(key, fingerprint, scope, ttl, lease):
+ *		claim a key or say what the request should answer instead.
+ *
+ * Never waits for another request: the key lock is only tried.  The row
+ * read before the lock may be stale; a write that finds the row changed
+ * (0 rows) reads again, now under the lock, and decides again.
+ */
+Datum
+courier_idempotency_begin(PG_FUNCTION_ARGS)
+{
+	text	   *key = check_name(fcinfo, 0, "key", false);
+	text	   *scope = check_name(fcinfo, 2, "scope", true);
+	Interval   *ttl = check_interval(fcinfo, 3, "ttl");
+	Interval   *lease = check_interval(fcinfo, 4, "lease");
+	MemoryContext caller = CurrentMemoryContext;
+	TupleDesc	tupdesc;
+	Datum		args[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	LOCKTAG		tag;
+	LockAcquireResult locked = LOCKACQUIRE_NOT_AVAIL;
+	KeyState	ks;
+	BeginResult r;
+	HeapTuple	result;
+
+	if (DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(lease),
+										  IntervalPGetDatum(ttl))) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("idempotency lease must not be longer than ttl"),
+				 errhint("The lease bounds how long a crashed request blocks its key; the ttl is how long the outcome is remembered.")));
+	tupdesc = begin_tupdesc(fcinfo);
+
+	args[0] = PointerGetDatum(scope);
+	args[1] = PointerGetDatum(key);
+	args[2] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
+	nulls[2] = PG_ARGISNULL(1) ? 'n' : ' ';
+	args[3] = TimestampTzGetDatum(GetCurrentTimestamp());
+	args[4] = IntervalPGetDatum(lease);
+	args[5] = IntervalPGetDatum(ttl);
+	key_locktag(&tag, scope, key);
+
+	SPI_connect();
+	for (int round = 0;; round++)
+	{
+		read_key(&ks, args, nulls);
+		if (ks.found && ks.live)
+		{
+			if (!ks.same_fingerprint)
+			{
+				set_outcome(&r, "mismatch", &ks);
+				break;
+			}
+			if (ks.completed)
+			{
+				set_outcome(&r, "replay", &ks);
+				break;
+			}
+			if (ks.lease_live)
+			{
+				set_outcome(&r, "in_progress", &ks);
+				break;
+			}
+		}
+		/* New, expired, or its holder's lease ran out: we want to write. */
+		if (locked == LOCKACQUIRE_NOT_AVAIL)
+		{
+			locked = LockAcquire(&tag, ExclusiveLock, false, true);
+			if (locked == LOCKACQUIRE_NOT_AVAIL)
+			{
+				/* another transaction is writing this key right now */
+				set_outcome(&r, "in_progress", &ks);
+				break;
+			}
+		}
+		if (write_key(&r, &ks, args, nulls))
+			break;
+		if (round >= 2)
+		{
+			/* cannot happen while we hold the lock; be conservative */
+			set_outcome(&r, "in_progress", &ks);
+			break;
+		}
+	}
+
+	/* A lock taken for nothing is released now, not held to commit. */
+	if (locked == LOCKACQUIRE_OK && strcmp(r.outcome, "started") != 0)
+		LockRelease(&tag, ExclusiveLock, false);
+
+	MemoryContextSwitchTo(caller);
+	r.values[0] = CStringGetTextDatum(r.outcome);
+	r.nulls[0] = false;
+	result = heap_form_tuple(tupdesc, r.values, r.nulls);
+	SPI_finish();
+	PG_RETURN_DATUM(HeapTupleGetDatum(result));
+}
+
+/*
+ * finish_diagnose
+ *		complete/abandon/extend found no row to act on: say why.
+ */
+static void
+finish_diagnose(Datum *args, const char *nulls, text *key, text *scope, bool token_given)
+{
+	static Oid	types[] = {TEXTOID, TEXTOID, TIMESTAMPTZOID, UUIDOID};
+	SPIPlanPtr	plan;
+	bool		isnull;
+	char	   *k = text_to_cstring(key);
+	char	   *s = text_to_cstring(scope);
+
+	plan = courier_idem_plan(&plan_state, STATE_SQL, 4, types);
+	if (SPI_execute_plan(plan, args, nulls, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "pg_courier: could not read courier.idempotency_keys");
+	if (SPI_processed == 1 &&
+		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+	{
+		char	   *state = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+															  SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (strcmp(state, "completed") == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("idempotency key \"%s\" in scope \"%s\" is already completed", k, s),
+					 errhint("A completed key is replayed by courier.idempotency_begin until it expires.")));
+		if (token_given)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("idempotency key \"%s\" in scope \"%s\" is held by another request", k, s),
+					 errdetail("The lease token does not match: this request's lease expired and another request took the key over."),
+					 errhint("Roll back; the request that holds the key now will answer.")));
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("idempotency key \"%s\" in scope \"%s\" is not in progress", k, s),
+			 errdetail("It was never begun, was abandoned, or has expired."),
+			 errhint("Call courier.idempotency_begin first, with a ttl longer than the work takes.")));
+}
+
+/*
+ * lock_and_run
+ *		Common body of complete/abandon/extend: wait for the key's lock (a
+ *		begin() holds it only for a moment, or for the transaction that took
+ *		the key over), then run "plan" on the in-progress row that matches
+ *		the token; diagnose and raise when there is none.
+ */
+static void
+lock_and_run(SPIPlanPtr *slot, const char *sql,
+			 int nargs, Oid *types, Datum *args, const char *nulls,
+			 text *key, text *scope, bool token_given)
+{
+	LOCKTAG		tag;
+	SPIPlanPtr	plan = courier_idem_plan(slot, sql, nargs, types);
+	int			rc;
+
+	key_locktag(&tag, scope, key);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	rc = SPI_execute_plan(plan, args, nulls, false, 1);
+	if (rc < 0)
+		elog(ERROR, "pg_courier: could not update courier.idempotency_keys: %s",
+			 SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		finish_diagnose(args, nulls, key, scope, token_given);
+}
+
+/* The WHERE clause shared by complete/abandon/extend: $1 scope, $2 key, $3 now, $4 token. */
+#define HELD_ROW \
+	" WHERE scope " EQ " $1 AND key " EQ " $2 AND state " EQ " 'in_progress' " \
+	"   AND expires_at " GT " $3 AND ($4 IS NULL OR lease_token " EQ " $4) "
+
+/*
+ * transient_status
+ *		Statuses a client should retry (PROTOCOLS.md): not stored, the key is
+ *		released so that the retry runs the work again.
+ */
+static bool
+transient_status(int status)
+{
+	return status == 408 || status == 425 || status == 429 || status >= 500;
+}
+
+/*
+ * courier_idempotency_complete
+ *		courier.idempotency_complete(key, status_code, response, scope,
+ *		lease_token): store the answer for replay, or release the key when the
+ *		answer is a transient failure.  Returns true when stored.
+ */
+Datum
+courier_idempotency_complete(PG_FUNCTION_ARGS)
+{
+	static Oid	types[] = {TEXTOID, TEXTOID, TIMESTAMPTZOID, UUIDOID, INT4OID, JSONBOID};
+	text	   *key = check_name(fcinfo, 0, "key", false);
+	text	   *scope = check_name(fcinfo, 3, "scope", true);
+	int			status;
+	Datum		args[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	bool		store;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("idempotency status_code must not be NULL")));
+	status = PG_GETARG_INT32(1);
+	if (status < 200 || status > 599)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("idempotency status_code %d is not a final HTTP status", status),
+				 errhint("Use a status between 200 and 599.")));
+	store = !transient_status(status);
+
+	args[0] = PointerGetDatum(scope);
+	args[1] = PointerGetDatum(key);
+	args[2] = TimestampTzGetDatum(GetCurrentTimestamp());
+	args[3] = PG_ARGISNULL(4) ? (Datum) 0 : PG_GETARG_DATUM(4);
+	nulls[3] = PG_ARGISNULL(4) ? 'n' : ' ';
+	args[4] = Int32GetDatum(status);
+	args[5] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+	nulls[5] = PG_ARGISNULL(2) ? 'n' : ' ';
+
+	SPI_connect();
+	if (store)
+		lock_and_run(&plan_complete,
+					 "UPDATE courier.idempotency_keys "
+					 "   SET state = 'completed', status_code = $5, response = $6, "
+					 "       completed_at = $3, lease_token = NULL, lease_expires_at = NULL "
+					 HELD_ROW,
+					 6, types, args, nulls, key, scope, !PG_ARGISNULL(4));
+	else
+		lock_and_run(&plan_release,
+					 "DELETE FROM courier.idempotency_keys" HELD_ROW,
+					 4, types, args, nulls, key, scope, !PG_ARGISNULL(4));
+	SPI_finish();
+	PG_RETURN_BOOL(store);
+}
+
+/*
+ * courier_idempotency_abandon
+ *		courier.idempotency_abandon(key, scope, lease_token): release an
+ *		in-progress key so that a retry starts afresh.  Returns false (and does
+ *		nothing) when the key is not held at all.
+ */
+Datum
+courier_idempotency_abandon(PG_FUNCTION_ARGS)
+{
+	static Oid	types[] = {TEXTOID, TEXTOID, TIMESTAMPTZOID, UUIDOID};
+	text	   *key = check_name(fcinfo, 0, "key", false);
+	text	   *scope = check_name(fcinfo, 1, "scope", true);
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	LOCKTAG		tag;
+	int			rc;
+	bool		released;
+
+	args[0] = PointerGetDatum(scope);
+	args[1] = PointerGetDatum(key);
+	args[2] = TimestampTzGetDatum(GetCurrentTimestamp());
+	args[3] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+	nulls[3] = PG_ARGISNULL(2) ? 'n' : ' ';
+
+	SPI_connect();
+	key_locktag(&tag, scope, key);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	rc = SPI_execute_plan(courier_idem_plan(&plan_release,
+											"DELETE FROM courier.idempotency_keys" HELD_ROW,
+											4, types),
+						  args, nulls, false, 1);
+	if (rc < 0)
+		elog(ERROR, "pg_courier: could not update courier.idempotency_keys: %s",
+			 SPI_result_code_string(rc));
+	released = (SPI_processed == 1);
+	if (!released)
+	{
+		/* completed or held by someone else: an error; simply absent: false */
+		rc = SPI_execute_plan(courier_idem_plan(&plan_state, STATE_SQL, 4, types),
+							  args, nulls, false, 1);
+		if (rc == SPI_OK_SELECT && SPI_processed == 1)
+		{
+			bool		isnull;
+
+			if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+				finish_diagnose(args, nulls, key, scope, !PG_ARGISNULL(2));
+		}
+	}
+	SPI_finish();
+	PG_RETURN_BOOL(released);
+}
+
+/*
+ * courier_idempotency_extend
+ *		courier.idempotency_extend(key, lease, scope, lease_token): heartbeat
+ *		of long work in the multi-transaction shape; the lease now ends
+ *		"lease" from now.  Returns the new end of the lease.
+ */
+Datum
+courier_idempotency_extend(PG_FUNCTION_ARGS)
+{
+	static Oid	types[] = {TEXTOID, TEXTOID, TIMESTAMPTZOID, UUIDOID, INTERVALOID};
+	text	   *key = check_name(fcinfo, 0, "key", false);
+	Interval   *lease = check_interval(fcinfo, 1, "lease");
+	text	   *scope = check_name(fcinfo, 2, "scope", true);
+	Datum		args[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	bool		isnull;
+	TimestampTz until;
+
+	args[0] = PointerGetDatum(scope);
+	args[1] = PointerGetDatum(key);
+	args[2] = TimestampTzGetDatum(GetCurrentTimestamp());
+	args[3] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
+	nulls[3] = PG_ARGISNULL(3) ? 'n' : ' ';
+	args[4] = IntervalPGetDatum(lease);
+
+	SPI_connect();
+	lock_and_run(&plan_extend,
+				 "UPDATE courier.idempotency_keys "
+				 "   SET lease_expires_at = LEAST($3 " PLUS " $5, expires_at) "
+				 HELD_ROW
+				 "RETURNING lease_expires_at",
+				 5, types, args, nulls, key, scope, !PG_ARGISNULL(3));
+	until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+											  SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	PG_RETURN_TIMESTAMPTZ(until);
+}
