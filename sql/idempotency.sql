@@ -1,7 +1,7 @@
 -- Idempotency keys and consumer deduplication: every outcome and every error.
 -- Expiry is simulated by moving a row's timestamps into the past (no sleeping).
-CREATE EXTENSION IF NOT EXISTS pg_courier;
 SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pg_courier;
 TRUNCATE courier.idempotency_keys, courier.consumed_events;
 RESET client_min_messages;
 
