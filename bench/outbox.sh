@@ -94,3 +94,47 @@ row "+ pgq.insert_event (PgQ)" "$pgq"
 printf '  courier.send / plain INSERT floor = %.3f   courier.send / PgQ = %.3f\n' \
     "$(awk -v a="$send" -v b="$plain" 'BEGIN{print a/b}')" "$(awk -v a="$send" -v b="$pgq" 'BEGIN{print a/b}')"
 psql -q -c "SELECT courier.drop_outbox('bench_producer'); SELECT courier.drop_outbox('bench_lat'); DROP TABLE bench_plain, bench_orders; SELECT pgq.drop_queue('bench_q')" >/dev/null
+
+echo
+echo "4. drain ${BACKLOG} events with 10% of requests answered 503 (Kafka REST, batched)"
+sink_post /_sink/faults '{"status": {"code": 503, "rate": 0.1}}' >/dev/null
+drain kafka_rest_v2 bench_kafka_503 "$(printf 'http://127.0.0.1:%s/kafka' "$SINK_PORT")" \
+    '{"topic": "orders", "retry_base_ms": 50, "retry_max_ms": 1000}'
+curl -sf -X DELETE "http://127.0.0.1:$SINK_CONTROL/_sink/faults" >/dev/null
+
+BIG=${BIG_BACKLOG:-1000000}
+echo
+echo "5. a ${BIG}-event backlog built while the endpoint is down, drained when it comes back (Kafka REST)"
+worker=$(psql -Atc "SELECT pid FROM courier.worker_status() WHERE database = current_database()")
+rss_kb() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
+psql -q -v ON_ERROR_STOP=1 -c "SELECT courier.create_outbox('bench_big', 'http://127.0.0.1:$SINK_PORT/kafka', 'kafka_rest_v2', '{\"topic\": \"orders\", \"retry_base_ms\": 200, \"retry_max_ms\": 2000}')" >/dev/null
+size() { psql -Atc "SELECT pg_size_pretty(pg_total_relation_size('bench_big'))"; }
+echo "  table size empty:            $(size)"
+sink_post /_sink/stop_listening >/dev/null
+t0=$(now_ms)
+for i in $(seq 0 9); do
+    psql -q -c "INSERT INTO bench_big (key, topic, payload)
+                SELECT 'customer-' || (g % 10000), 'orders', jsonb_build_object('order_id', g, 'amount', (g % 997) / 10.0)
+                  FROM generate_series($((i * BIG / 10 + 1)), $(((i + 1) * BIG / 10))) g"
+done
+t1=$(now_ms)
+printf '  committed %d events in %.1f s while the endpoint was down\n' "$BIG" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')"
+echo "  breaker: $(psql -Atc "SELECT state || ', opened ' || opens || ' time(s)' FROM courier.breakers() WHERE endpoint = courier._origin('http://127.0.0.1:$SINK_PORT/')")"
+echo "  table size with the backlog: $(size)"
+anon0=$(rss_kb "$worker" RssAnon)
+sink_post /_sink/reset >/dev/null
+sink_post /_sink/start_listening >/dev/null
+t0=$(now_ms); peak_anon=$anon0; samples=""
+while [ "$(pending bench_big)" != 0 ]; do
+    a=$(rss_kb "$worker" RssAnon); [ "$a" -gt "$peak_anon" ] && peak_anon=$a
+    sleep 0.2
+done
+t1=$(now_ms)
+got=$(json_field "$(sink_get /_sink/stats)" 'j.unique')
+printf '  recovery -> empty backlog: %.1f s, %d events = %.0f events/s (includes waiting out the breaker, reset %s)\n' \
+    "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')" "$got" \
+    "$(awk -v n="$got" -v a="$t0" -v b="$t1" 'BEGIN{print n*1000/(b-a)}')" "$(psql -Atc 'SHOW courier.breaker_reset_ms')"
+echo "  worker private memory (RssAnon): ${anon0} kB before, ${peak_anon} kB peak while draining; VmHWM $(rss_kb "$worker" VmHWM) kB (includes shared buffers touched)"
+echo "  failed attempts during the drain: $(psql -Atc "SELECT failed_attempts FROM courier.outbox_stats WHERE outbox = 'bench_big'::regclass") (timeouts caused by the worker would show here)"
+echo "  table size after the drain:  $(size); after VACUUM: $(psql -q -c 'VACUUM bench_big' && size)"
+psql -q -c "SELECT courier.drop_outbox('bench_big')"

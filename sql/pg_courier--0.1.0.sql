@@ -181,6 +181,11 @@ BEGIN
     SELECT relid, endpoint, format, options ->> 'topic', COALESCE(options, '{}'), c.relowner
       FROM pg_class c WHERE c.oid = relid;
     PERFORM courier._warn_options(relid, COALESCE(options, '{}'));
+    IF NOT EXISTS (SELECT 1 FROM courier.worker_status() w WHERE w.database = current_database()) THEN
+        RAISE NOTICE 'no pg_courier delivery worker is running for database "%": events will wait in %',
+                     current_database(), relid
+            USING HINT = 'Add pg_courier to shared_preload_libraries and this database to courier.databases.';
+    END IF;
     RETURN relid;
 END
 $$;

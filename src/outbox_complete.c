@@ -6,9 +6,9 @@
  *
  * At least once.  A row is deleted only after the endpoint acknowledged it
  * (any 2xx; for Kafka REST, a null error_code in its offsets entry).  The
- * deletes commit asynchronously (synchronous_commit = off in the worker): a
- * crash can forget an acknowledgement and the row is sent again, with the
- * same event id, but a row is never removed without one.
+ * deletes commit synchronously unless courier.synchronous_ack is off; then a
+ * crash can forget the last acknowledgements and those rows are sent again,
+ * with the same event id.  Either way a row is never removed without one.
  *
  *-------------------------------------------------------------------------
  */

@@ -301,6 +301,19 @@ maintenance(TimestampTz now)
 }
 
 /*
+ * apply_ack_mode
+ *		With courier.synchronous_ack off, acknowledgements commit
+ *		asynchronously: a crash may forget the last ones, and those events
+ *		(already delivered) are sent again.  On, only requests in flight at
+ *		the crash can be repeated.
+ */
+static void
+apply_ack_mode(void)
+{
+	SetConfigOption("synchronous_commit", courier_synchronous_ack ? "on" : "off", PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+/*
  * courier_worker_main
  *		Entry point of a database's delivery worker.
  */
@@ -324,8 +337,7 @@ courier_worker_main(Datum arg)
 	}
 	before_shmem_exit(detach_worker, (Datum) 0);
 
-	/* acknowledgements may be lost in a crash: the rows are then sent again */
-	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	apply_ack_mode();
 	courier_worker_context = AllocSetContextCreate(TopMemoryContext, "pg_courier worker",
 												   ALLOCSET_DEFAULT_SIZES);
 	courier_http_init();
@@ -360,6 +372,7 @@ courier_worker_main(Datum arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			apply_ack_mode();
 			woken = true;
 		}
 

@@ -39,6 +39,7 @@ int			courier_max_databases = 16;
 int			courier_retry_base_ms = 1000;
 int			courier_retry_max_ms = 300000;
 int			courier_max_attempts = 10;
+bool		courier_synchronous_ack = true;
 char	   *courier_ca_file = NULL;
 
 bool		courier_preloaded = false;
@@ -157,6 +158,14 @@ define_outbox_gucs(void)
 							10, 0, INT_MAX,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
+	DefineCustomBoolVariable("courier.synchronous_ack",
+							 "Commit the worker's record of acknowledged deliveries synchronously.",
+							 "Off is faster, but after a crash the events acknowledged in the last "
+							 "moments before it (up to wal_writer_delay) are sent again.",
+							 &courier_synchronous_ack,
+							 true,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
 	courier_breaker_define_gucs();
 	DefineCustomStringVariable("courier.ca_file",
 							   "File of CA certificates that endpoints' TLS certificates are verified against.",

@@ -39,6 +39,7 @@ extern char *courier_ca_file;
 extern int	courier_retry_base_ms;
 extern int	courier_retry_max_ms;
 extern int	courier_max_attempts;
+extern bool courier_synchronous_ack;
 
 /* True when loaded through shared_preload_libraries (shared memory exists). */
 extern bool courier_preloaded;

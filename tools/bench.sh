@@ -11,7 +11,7 @@ make_rundir bench
 trap 'sink_stop; cluster_stop' EXIT
 cluster_start "$RUNDIR/cluster" \
     "shared_buffers = '512MB'" "max_wal_size = '4GB'" "checkpoint_timeout = '30min'" \
-    "courier.poll_interval = '1s'"
+    "courier.poll_interval = '1s'" "courier.breaker_reset_ms = '1s'"
 psql -q -c 'CREATE EXTENSION pg_courier'
 export REPO RUNDIR
 
