@@ -105,8 +105,10 @@ function record(t, fmt, id, key, topic, data, part, off, ev) {
     if (v === undefined && ev) v = ev[of]; // CE extension attribute (e.g. "sequence")
     v = orderValue(v);
     if (v !== undefined) {
-      const prev = r.lastOrder.get(key);
-      if (prev === undefined || v > prev) r.lastOrder.set(key, v);
+      // order is per destination stream: CloudEvents (single or batched) and Kafka are separate
+      const stream = (fmt === FMT_KAFKA ? 'kafka\0' : 'ce\0') + key;
+      const prev = r.lastOrder.get(stream);
+      if (prev === undefined || v > prev) r.lastOrder.set(stream, v);
       else {
         counters.order_violations++;
         if (counters.violation_examples.length < 20) {
