@@ -21,7 +21,7 @@ pending() { psql -Atc "SELECT count(*) FROM $1"; }
 # drain FORMAT OUTBOX URL OPTIONS: fill a disabled outbox, enable it, time until it is empty
 drain() {
     local format=$1 ob=$2 url=$3 opts=$4 t0 t1
-    psql -q -v ON_ERROR_STOP=1 <<SQL
+    psql -q -v ON_ERROR_STOP=1 >/dev/null <<SQL
 SELECT courier.create_outbox('$ob', '$url', '$format', '$opts');
 SELECT courier.alter_outbox('$ob', enabled => false);
 INSERT INTO $ob (key, topic, payload)
@@ -31,7 +31,7 @@ SELECT 'customer-' || (i % 10000), 'orders',
 SQL
     sink_post /_sink/reset >/dev/null
     t0=$(now_ms)
-    psql -q -c "SELECT courier.alter_outbox('$ob', enabled => true)"
+    psql -q -c "SELECT courier.alter_outbox('$ob', enabled => true)" >/dev/null
     while [ "$(pending "$ob")" != 0 ]; do sleep 0.05; done
     t1=$(now_ms)
     local got; got=$(json_field "$(sink_get /_sink/stats)" 'j.unique')
@@ -39,7 +39,7 @@ SQL
         "$got" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')" \
         "$(awk -v n="$got" -v a="$t0" -v b="$t1" 'BEGIN{print n*1000/(b-a)}')" \
         "$(json_field "$(sink_get /_sink/stats)" 'j.requests')"
-    psql -q -c "SELECT courier.drop_outbox('$ob')"
+    psql -q -c "SELECT courier.drop_outbox('$ob')" >/dev/null
 }
 
 echo "1. drain a ${BACKLOG}-event backlog (10,000 keys) to the local sink"
@@ -49,7 +49,7 @@ drain cloudevents bench_ce_batch "$(printf 'http://127.0.0.1:%s/hooks' "$SINK_PO
 
 echo
 echo "2. commit -> receipt latency at a steady 1,000 events/s for ${SECS}s (cloudevents, one per request)"
-psql -q -v ON_ERROR_STOP=1 <<SQL
+psql -q -v ON_ERROR_STOP=1 >/dev/null <<SQL
 SELECT courier.create_outbox('bench_lat', 'http://127.0.0.1:$SINK_PORT/hooks');
 SQL
 cat > "$RUNDIR/lat.sql" <<'EOF'
@@ -65,7 +65,7 @@ printf '  %s events: p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms\n' "$(js
 
 echo
 echo "3. producer cost: pgbench -M prepared, 2 clients, ${SECS}s each, synchronous_commit = off, delivery paused"
-psql -q -v ON_ERROR_STOP=1 <<SQL
+psql -q -v ON_ERROR_STOP=1 >/dev/null <<SQL
 CREATE TABLE bench_orders (id bigserial PRIMARY KEY, customer int NOT NULL, amount numeric NOT NULL,
                            created_at timestamptz NOT NULL DEFAULT now());
 SELECT courier.create_outbox('bench_producer', 'http://127.0.0.1:$SINK_PORT/hooks');
@@ -79,13 +79,14 @@ run_tps() {
     local name=$1 body=$2
     printf '\\set c random(1, 10000)\nBEGIN;\nINSERT INTO bench_orders (customer, amount) VALUES (:c, 42.5);\n%s\nCOMMIT;\n' "$body" \
         > "$RUNDIR/p_$name.sql"
-    PGOPTIONS='-c synchronous_commit=off' pgbench -n -M prepared -c 2 -j 2 -T "$SECS" -f "$RUNDIR/p_$name.sql" postgres 2>&1 \
-        | sed -nE 's/^tps = ([0-9.]+).*/\1/p'
+    PGOPTIONS='-c synchronous_commit=off' pgbench -n -M prepared -c 2 -j 2 -T "$SECS" -f "$RUNDIR/p_$name.sql" postgres \
+        >"$RUNDIR/p_$name.log" 2>&1 || { cat "$RUNDIR/p_$name.log" >&2; return 1; }
+    sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$RUNDIR/p_$name.log"
 }
 base=$(run_tps base '')
-plain=$(run_tps plain "INSERT INTO bench_plain (key, topic, payload) VALUES ('customer-' || :c, 'order.created', jsonb_build_object('customer', :c, 'amount', 42.5));")
-send=$(run_tps send "SELECT courier.send('bench_producer', jsonb_build_object('customer', :c, 'amount', 42.5), 'customer-' || :c, 'order.created');")
-pgq=$(run_tps pgq "SELECT pgq.insert_event('bench_q', 'order.created', jsonb_build_object('customer', :c, 'amount', 42.5)::text);")
+plain=$(run_tps plain "INSERT INTO bench_plain (key, topic, payload) VALUES ('customer-' || :c::int, 'order.created', jsonb_build_object('customer', :c::int, 'amount', 42.5));")
+send=$(run_tps send "SELECT courier.send('bench_producer', jsonb_build_object('customer', :c::int, 'amount', 42.5), 'customer-' || :c::int, 'order.created');")
+pgq=$(run_tps pgq "SELECT pgq.insert_event('bench_q', 'order.created', jsonb_build_object('customer', :c::int, 'amount', 42.5)::text);")
 row() { printf '  %-48s %9.0f tps  %5.2fx business  %5.2fx floor\n' "$1" "$2" "$(awk -v a="$2" -v b="$base" 'BEGIN{print a/b}')" "$(awk -v a="$2" -v b="$plain" 'BEGIN{print a/b}')"; }
 row "business transaction alone" "$base"
 row "+ plain INSERT into an outbox-shaped table" "$plain"
@@ -137,4 +138,4 @@ printf '  recovery -> empty backlog: %.1f s, %d events = %.0f events/s (includes
 echo "  worker private memory (RssAnon): ${anon0} kB before, ${peak_anon} kB peak while draining; VmHWM $(rss_kb "$worker" VmHWM) kB (includes shared buffers touched)"
 echo "  failed attempts during the drain: $(psql -Atc "SELECT failed_attempts FROM courier.outbox_stats WHERE outbox = 'bench_big'::regclass") (timeouts caused by the worker would show here)"
 echo "  table size after the drain:  $(size); after VACUUM: $(psql -q -c 'VACUUM bench_big' && size)"
-psql -q -c "SELECT courier.drop_outbox('bench_big')"
+psql -q -c "SELECT courier.drop_outbox('bench_big')" >/dev/null

@@ -120,8 +120,21 @@ outcome_fail(Outcome *o, const Delivery *d, int i, long status, const char *erro
 }
 
 /*
+ * outcome_init
+ *		Room for the outcomes of n rows.
+ */
+static void
+outcome_init(Outcome *o, int n)
+{
+	memset(o, 0, sizeof(Outcome));
+	o->ok_ids = palloc(sizeof(Datum) * n);
+	rowlist_init(&o->retry, n);
+	rowlist_init(&o->dead, n);
+}
+
+/*
  * classify
- *		Turn a finished request into per-row outcomes.
+ *		Add a finished request's per-row outcomes to o.
  */
 static void
 classify(const Delivery *d, Outcome *o)
@@ -129,10 +142,6 @@ classify(const Delivery *d, Outcome *o)
 	const CourierHttpRequest *req = d->req;
 	bool		ok = (req->status >= 200 && req->status < 300);
 	long		retry_after = (req->status == 429 || req->status == 503) ? req->retry_after_ms : -1;
-
-	o->ok_ids = palloc(sizeof(Datum) * d->nrows);
-	rowlist_init(&o->retry, d->nrows);
-	rowlist_init(&o->dead, d->nrows);
 
 	if (ok && d->ob->format == COURIER_FORMAT_KAFKA_REST_V2)
 	{
@@ -191,9 +200,8 @@ rows_arrays(const RowList *l, Datum *args)
  *		undo the others.
  */
 static void
-record_outcome(Delivery *d, Outcome *o)
+record_outcome(OutboxState *ob, Outcome *o)
 {
-	OutboxState *ob = d->ob;
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 
@@ -289,6 +297,15 @@ release_delivery(Delivery *d)
 	MemoryContextDelete(d->cxt);
 }
 
+static int
+by_outbox(const ListCell *a, const ListCell *b)
+{
+	uintptr_t	x = (uintptr_t) ((Delivery *) lfirst(a))->ob;
+	uintptr_t	y = (uintptr_t) ((Delivery *) lfirst(b))->ob;
+
+	return (x > y) - (x < y);
+}
+
 /*
  * courier_complete
  *		Record the outcome of finished requests (one transaction for all).
@@ -310,21 +327,37 @@ courier_complete(List *finished)
 	work = AllocSetContextCreate(TopTransactionContext, "pg_courier complete", ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(work);
 
-	foreach(lc, finished)
+	/* one statement of each kind per outbox, for all its finished requests */
+	list_sort(finished, by_outbox);
+	for (int i = 0; i < list_length(finished);)
 	{
-		Delivery   *d = lfirst(lc);
-		Outcome		o = {0};
+		OutboxState *ob = ((Delivery *) list_nth(finished, i))->ob;
+		int			end = i;
+		int			rows = 0;
+		Outcome		o;
 
-		classify(d, &o);
-		if (d->ob->delete_plan != NULL)
-			record_outcome(d, &o);
-		d->nfailed = o.retry.n;
-		d->ndead = o.dead.n;
-		courier_counters_record(d->ob->counters, o.nok, o.retry.n, o.dead.n, o.first_error);
-		courier_breaker_record(d->ob->breaker,
-							   !(d->req->status == 0 || d->req->status == 408 || d->req->status == 425 ||
-								 d->req->status == 429 || d->req->status >= 500),
-							   d->probe);
+		while (end < list_length(finished) && ((Delivery *) list_nth(finished, end))->ob == ob)
+			rows += ((Delivery *) list_nth(finished, end++))->nrows;
+		outcome_init(&o, rows);
+		for (; i < end; i++)
+		{
+			Delivery   *d = list_nth(finished, i);
+			int			nok = o.nok,
+						nretry = o.retry.n,
+						ndead = o.dead.n;
+
+			o.first_error = NULL;
+			classify(d, &o);
+			d->nfailed = o.retry.n - nretry;
+			d->ndead = o.dead.n - ndead;
+			courier_counters_record(ob->counters, o.nok - nok, d->nfailed, d->ndead, o.first_error);
+			courier_breaker_record(ob->breaker,
+								   !(d->req->status == 0 || d->req->status == 408 || d->req->status == 425 ||
+									 d->req->status == 429 || d->req->status >= 500),
+								   d->probe);
+		}
+		if (ob->delete_plan != NULL)
+			record_outcome(ob, &o);
 	}
 
 	MemoryContextSwitchTo(old);
@@ -333,7 +366,5 @@ courier_complete(List *finished)
 	CommitTransactionCommand();
 
 	foreach(lc, finished)
-	{
 		release_delivery(lfirst(lc));
-	}
 }

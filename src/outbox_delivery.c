@@ -524,6 +524,20 @@ fail_unsendable(OutboxState *ob, int64 id, const char *why)
 }
 
 /*
+ * courier_dispatch_possible
+ *		Could a read of this outbox start anything now?  Checked before any
+ *		transaction work, so that paused outboxes, exhausted budgets and open
+ *		breakers cost nothing.
+ */
+bool
+courier_dispatch_possible(OutboxState *ob)
+{
+	TimestampTz next = courier_breaker_next_change(ob->breaker);
+
+	return ob->enabled && OB_INFLIGHT(ob) > ob->inflight && (next == 0 || GetCurrentTimestamp() >= next);
+}
+
+/*
  * courier_dispatch
  *		Read ready rows of one outbox and start requests for them, within the
  *		outbox's in-flight budget.  Runs inside the round's transaction, with

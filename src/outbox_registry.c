@@ -135,6 +135,7 @@ courier_registry_shmem_init(void)
 	{
 		pg_atomic_init_u64(&shared->workers[i].rounds, 0);
 		pg_atomic_init_u32(&shared->workers[i].rescan, 0);
+		pg_atomic_init_u32(&shared->workers[i].wake_pending, 0);
 	}
 }
 
@@ -234,7 +235,8 @@ courier_registry_insert(Oid relid, Oid seqid, const char *key, int keylen, int64
 
 	if (given_id > 0)
 		xact_gave_ids = true;
-	id = (given_id > 0) ? given_id : nextval_internal(seqid, true);
+	/* like an identity column: INSERT on the table is the privilege that counts */
+	id = (given_id > 0) ? given_id : nextval_internal(seqid, false);
 
 	if (e != NULL && first)
 	{
@@ -271,7 +273,14 @@ wake_worker(void)
 	/* rows may have landed behind the worker's read cursor */
 	if (xact_gave_ids)
 		pg_atomic_write_u32(&w->rescan, 1);
-	if (w->pid != 0)
+
+	/*
+	 * One wake-up per worker loop is enough: the worker clears the flag
+	 * before it takes its snapshot, so a commit that finds it set is seen by
+	 * that snapshot.  This saves most producers a kill() under load.
+	 */
+	if (w->pid != 0 && pg_atomic_read_u32(&w->wake_pending) == 0 &&
+		pg_atomic_exchange_u32(&w->wake_pending, 1) == 0)
 		SetLatch(&ProcGlobal->allProcs[w->procno].procLatch);
 }
 
@@ -542,6 +551,17 @@ bool
 courier_worker_take_rescan(void)
 {
 	return my_worker != NULL && pg_atomic_exchange_u32(&my_worker->rescan, 0) != 0;
+}
+
+/*
+ * courier_worker_clear_wake
+ *		Let producers wake us again (call before taking a snapshot).
+ */
+void
+courier_worker_clear_wake(void)
+{
+	if (my_worker != NULL)
+		pg_atomic_exchange_u32(&my_worker->wake_pending, 0);
 }
 
 /*

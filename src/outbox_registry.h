@@ -71,6 +71,7 @@ typedef struct CourierWorkerInfo
 	TimestampTz started_at;
 	pg_atomic_uint64 rounds;
 	pg_atomic_uint32 rescan;	/* rows with explicit ids arrived: read from the start */
+	pg_atomic_uint32 wake_pending;	/* a producer set the latch since the last loop */
 	char		state[32];
 } CourierWorkerInfo;
 
@@ -86,6 +87,7 @@ extern CourierWorkerInfo *courier_worker_attach(const char *dbname);
 extern void courier_worker_detach(void);
 extern void courier_worker_set_state(const char *state);
 extern bool courier_worker_take_rescan(void);
+extern void courier_worker_clear_wake(void);
 extern CourierOutboxCounters *courier_counters_for(Oid relid);
 extern void courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 retries,
 									uint64 dead, const char *error);

@@ -46,8 +46,10 @@ static List *outboxes = NIL;
 static TimestampTz last_round = 0;
 static TimestampTz last_refresh = 0;
 static TimestampTz last_maintenance = 0;
+static bool more_waiting = false;	/* the last round left rows behind */
 
 #define REFRESH_INTERVAL_MS		200
+#define MIN_ROUND_INTERVAL_MS	1
 #define MAINTENANCE_INTERVAL_MS 1000
 
 /*
@@ -72,6 +74,8 @@ dispatch_one(OutboxState *ob, const CourierHoldSet *holds)
 	ResourceOwner owner = CurrentResourceOwner;
 	volatile bool more = false;
 
+	if (!courier_dispatch_possible(ob))
+		return false;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
@@ -134,7 +138,16 @@ delivery_round(void)
 	CourierHoldSet holds;
 	ListCell   *lc;
 	bool		more = false;
+	bool		rescan = courier_worker_take_rescan();
+	bool		any = false;
 	TimestampTz now = GetCurrentTimestamp();
+
+	/* nothing could be sent and nothing to re-read: no transaction at all */
+	foreach(lc, outboxes)
+		any |= courier_dispatch_possible(lfirst(lc));
+	if (!any && !rescan && last_refresh != 0 &&
+		!TimestampDifferenceExceeds(last_refresh, now, REFRESH_INTERVAL_MS))
+		return false;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -158,7 +171,7 @@ delivery_round(void)
 		courier_refresh_outboxes(&outboxes);
 		last_refresh = now;
 	}
-	if (courier_worker_take_rescan())
+	if (rescan)
 	{
 		foreach(lc, outboxes)
 		{
@@ -361,11 +374,14 @@ courier_worker_main(Datum arg)
 
 	for (;;)
 	{
-		bool		woken = MyLatch->is_set;
+		bool		woken;
 		int			finished;
 		bool		more = false;
 		TimestampTz now;
 
+		/* before the snapshot of this loop's round: see courier_worker_clear_wake */
+		courier_worker_clear_wake();
+		woken = MyLatch->is_set;
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -378,11 +394,23 @@ courier_worker_main(Datum arg)
 
 		finished = collect_finished();
 		now = GetCurrentTimestamp();
-		if (woken || finished > 0 || timer_due(now))
+
+		/*
+		 * Commits wake us; under a stream of commits, let a millisecond's
+		 * worth gather so that one round serves many of them.
+		 */
+		if (woken && finished == 0 && !more_waiting &&
+			!TimestampDifferenceExceeds(last_round, now, MIN_ROUND_INTERVAL_MS))
+		{
+			(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, MIN_ROUND_INTERVAL_MS, PG_WAIT_EXTENSION);
+			now = GetCurrentTimestamp();
+		}
+		if (woken || finished > 0 || more_waiting || timer_due(now))
 		{
 			more = delivery_round();
 			last_round = now;
 		}
+		more_waiting = more;
 		maintenance(now);
 
 		if (courier_http_running() > 0)

@@ -113,6 +113,7 @@ extern bool courier_parse_kafka_offsets(const char *json, int len, int nrecords,
 
 /* outbox_delivery.c */
 extern void courier_refresh_outboxes(List **outboxes);
+extern bool courier_dispatch_possible(OutboxState *ob);
 extern bool courier_dispatch(OutboxState *ob, const CourierHoldSet *holds);
 extern void courier_complete(List *finished);
 extern void courier_forget_outbox(OutboxState *ob);
