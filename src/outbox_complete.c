@@ -110,6 +110,8 @@ outcome_fail(Outcome *o, const Delivery *d, int i, long status, const char *erro
 	bool		exhausted = (max > 0 && d->attempts[i] + 1 >= max);
 	RowList    *l = (permanent || exhausted) ? &o->dead : &o->retry;
 
+	((Delivery *) d)->result[i] = (permanent || exhausted) ? 'd' : 'r';
+
 	l->ids[l->n] = Int64GetDatum(d->ids[i]);
 	l->status[l->n] = Int32GetDatum((int32) status);
 	l->error[l->n] = CStringGetTextDatum(error);
@@ -158,7 +160,10 @@ classify(const Delivery *d, Outcome *o)
 		for (int i = 0; i < d->nrows; i++)
 		{
 			if (codes[i] == 0)
+			{
 				o->ok_ids[o->nok++] = Int64GetDatum(d->ids[i]);
+				d->result[i] = 'o';
+			}
 			else				/* error_code 1 is non-retriable; 2 and others retriable */
 				outcome_fail(o, d, i, req->status,
 							 psprintf("Kafka error_code %d%s%s", codes[i], err[0] ? ": " : "", err),
@@ -169,7 +174,10 @@ classify(const Delivery *d, Outcome *o)
 	if (ok)
 	{
 		for (int i = 0; i < d->nrows; i++)
+		{
 			o->ok_ids[o->nok++] = Int64GetDatum(d->ids[i]);
+			d->result[i] = 'o';
+		}
 		return;
 	}
 	{
@@ -257,6 +265,9 @@ record_outcome(OutboxState *ob, Outcome *o)
 						ob->qname, edata->message),
 				 errdetail("The rows stay pending and will be sent again.")));
 		FreeErrorData(edata);
+		/* they are behind the cursor and maybe parked: read everything again */
+		ob->rescan = true;
+		ob->rescan_at = 0;
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);
@@ -266,6 +277,9 @@ record_outcome(OutboxState *ob, Outcome *o)
 /*
  * release_delivery
  *		Forget a finished request: its rows and keys are no longer in flight.
+ *		A key whose row failed now waits for that row's retry; a key whose
+ *		waited-for row went through (or to the dead letters) is free, and its
+ *		parked rows may follow.
  */
 static void
 release_delivery(Delivery *d)
@@ -274,25 +288,23 @@ release_delivery(Delivery *d)
 
 	for (int i = 0; i < d->nrows; i++)
 	{
-		hash_search(ob->inflight_ids, &d->ids[i], HASH_REMOVE, NULL);
-		if (d->haskey[i])
-		{
-			int		   *count = hash_search(ob->busy_keys, &d->keyhashes[i], HASH_FIND, NULL);
+		uint32		kh = d->keyhashes[i];
+		int		   *count;
 
-			if (count && --count[1] <= 0)
-				hash_search(ob->busy_keys, &d->keyhashes[i], HASH_REMOVE, NULL);
-		}
+		hash_search(ob->inflight_ids, &d->ids[i], HASH_REMOVE, NULL);
+		if (!d->haskey[i])
+			continue;
+		if (d->result[i] == 'r')
+			courier_block_key(ob, kh, d->ids[i]);
+		else if (d->result[i] != 0)
+			courier_unblock_key(ob, kh, d->ids[i]);
+		count = hash_search(ob->busy_keys, &kh, HASH_FIND, NULL);
+		if (count && --count[1] <= 0)
+			hash_search(ob->busy_keys, &kh, HASH_REMOVE, NULL);
+		if (!hash_search(ob->busy_keys, &kh, HASH_FIND, NULL) && !courier_key_blocked(ob, kh))
+			courier_key_ready(ob, kh);
 	}
 	ob->inflight--;
-	/*
-	 * Rows that waited behind an earlier failure of their key can move now
-	 * that it went through, or went to the dead letters.
-	 */
-	if ((d->retried && d->nfailed < d->nrows) || d->ndead > 0)
-	{
-		ob->rescan = true;
-		ob->rescan_at = 0;
-	}
 	courier_http_release(d->req);
 	MemoryContextDelete(d->cxt);
 }
@@ -348,9 +360,8 @@ courier_complete(List *finished)
 
 			o.first_error = NULL;
 			classify(d, &o);
-			d->nfailed = o.retry.n - nretry;
-			d->ndead = o.dead.n - ndead;
-			courier_counters_record(ob->counters, o.nok - nok, d->nfailed, d->ndead, o.first_error);
+			courier_counters_record(ob->counters, o.nok - nok, o.retry.n - nretry, o.dead.n - ndead,
+									o.first_error);
 			courier_breaker_record(ob->breaker,
 								   !(d->req->status == 0 || d->req->status == 408 || d->req->status == 425 ||
 									 d->req->status == 429 || d->req->status >= 500),

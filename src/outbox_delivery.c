@@ -38,101 +38,6 @@ extern MemoryContext courier_worker_context;
 #define FULL_SCAN_INTERVAL_MS	5000
 
 /*
- * make_state_plans
- *		Prepare the statements the worker runs against one outbox.
- */
-static void
-make_state_plans(OutboxState *ob)
-{
-	StringInfoData sql;
-	Oid			fetch_types[3] = {INT8OID, INT4OID, TEXTOID};
-	Oid			delete_types[1] = {INT8ARRAYOID};
-	Oid			fail_types[6] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, FLOAT8OID, FLOAT8OID};
-	Oid			dead_types[5] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, REGCLASSOID, BOOLOID};
-	MemoryContext old = MemoryContextSwitchTo(ob->cxt);
-
-	initStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "SELECT o.id, o.event_id::text, COALESCE(o.topic, $3), o.key, o.payload::text, "
-					 "  CASE WHEN o.headers IS NOT NULL THEN "
-					 "    (SELECT string_agg(h.k || ': ' || h.v, E'\\n') FROM jsonb_each_text(o.headers) h(k, v) "
-					 "      WHERE h.k ~ '^[!#$%%&''*+.^_`|~0-9A-Za-z-]+$' AND h.v !~ '[\\r\\n]' "
-					 "        AND lower(h.k) NOT IN ('content-type', 'content-length', 'host', 'idempotency-key', "
-					 "                               'transfer-encoding', 'connection', 'expect')) END, "
-					 "  to_char(o.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), o.attempts "
-					 "FROM %s o "
-					 "WHERE o.id > $1 AND (o.attempts = 0 OR o.next_attempt_at IS NULL OR o.next_attempt_at <= clock_timestamp()) "
-					 "  AND (o.key IS NULL OR NOT EXISTS (SELECT 1 FROM %s f "
-					 "       WHERE f.attempts > 0 AND f.key = o.key AND f.id < o.id)) ",
-					 ob->qname, ob->qname);
-	if (ob->block_on_dead)
-		appendStringInfo(&sql,
-						 "  AND (o.key IS NULL OR NOT EXISTS (SELECT 1 FROM courier.dead_letters d "
-						 "       WHERE d.blocking AND d.outbox = %u::oid::regclass AND d.key = o.key)) ",
-						 ob->relid);
-	appendStringInfoString(&sql, "ORDER BY o.id LIMIT $2");
-	ob->fetch_plan = SPI_prepare(sql.data, 3, fetch_types);
-	ob->plans_block = ob->block_on_dead;
-
-	resetStringInfo(&sql);
-	appendStringInfo(&sql, "DELETE FROM %s WHERE id = ANY($1)", ob->qname);
-	ob->delete_plan = SPI_prepare(sql.data, 1, delete_types);
-
-	/* full-jitter exponential backoff ($5 base, $6 cap), never below the endpoint's Retry-After */
-	resetStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "WITH u AS (UPDATE %s o SET attempts = o.attempts + 1, last_status = NULLIF(d.status, 0), "
-					 "    last_error = d.err, first_failed_at = COALESCE(o.first_failed_at, clock_timestamp()), "
-					 "    next_attempt_at = clock_timestamp() + make_interval(secs => greatest(d.retry_after_ms, "
-					 "        random() * least($6, $5 * power(2, least(o.attempts, 30)))) / 1000.0) "
-					 "  FROM unnest($1, $2, $3, $4) AS d(id, status, err, retry_after_ms) "
-					 "  WHERE o.id = d.id RETURNING o.next_attempt_at) "
-					 "SELECT min(next_attempt_at) FROM u",
-					 ob->qname);
-	ob->fail_plan = SPI_prepare(sql.data, 6, fail_types);
-
-	/* permanent failures and exhausted attempts: one place for operators to look */
-	resetStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "WITH moved AS (DELETE FROM %s o USING unnest($1, $2, $3) AS d(id, status, err) "
-					 "  WHERE o.id = d.id RETURNING o.*, d.status AS d_status, d.err AS d_err) "
-					 "INSERT INTO courier.dead_letters (outbox, owner, outbox_id, event_id, topic, key, payload, headers, "
-					 "  created_at, attempts, first_failed_at, last_failed_at, last_status, last_error, blocking) "
-					 "SELECT $4, (SELECT x.owner FROM courier.outboxes x WHERE x.outbox = $4), id, event_id, topic, key, "
-					 "  payload, headers, created_at, attempts + 1, COALESCE(first_failed_at, clock_timestamp()), "
-					 "  clock_timestamp(), NULLIF(d_status, 0), d_err, $5 AND key IS NOT NULL FROM moved",
-					 ob->qname);
-	ob->dead_plan = SPI_prepare(sql.data, 5, dead_types);
-	MemoryContextSwitchTo(old);
-
-	if (!ob->fetch_plan || !ob->delete_plan || !ob->fail_plan || !ob->dead_plan)
-		elog(ERROR, "pg_courier: could not prepare statements for outbox %s: %s",
-			 ob->qname, SPI_result_code_string(SPI_result));
-	SPI_keepplan(ob->fetch_plan);
-	SPI_keepplan(ob->delete_plan);
-	SPI_keepplan(ob->fail_plan);
-	SPI_keepplan(ob->dead_plan);
-}
-
-/*
- * courier_free_plans
- *		Drop an outbox's prepared statements (they are made again when
- *		needed: after a rename, an error, a change of mode).
- */
-void
-courier_free_plans(OutboxState *ob)
-{
-	SPIPlanPtr *plans[] = {&ob->fetch_plan, &ob->delete_plan, &ob->fail_plan, &ob->dead_plan};
-
-	for (int i = 0; i < lengthof(plans); i++)
-	{
-		if (*plans[i])
-			SPI_freeplan(*plans[i]);
-		*plans[i] = NULL;
-	}
-}
-
-/*
  * courier_forget_outbox
  *		Free a state whose outbox is gone (no request may be in flight).
  */
@@ -165,6 +70,7 @@ new_state(Oid relid)
 	ob->inflight_ids = hash_create("pg_courier inflight", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	ob->counters = courier_counters_for(relid);
 	ob->tls_verify = true;
+	courier_parking_init(ob);
 	return ob;
 }
 
@@ -331,6 +237,7 @@ new_delivery(OutboxState *ob, int maxrows, const char *topic)
 	d->maxrows = maxrows;
 	d->ids = MemoryContextAlloc(cxt, sizeof(int64) * maxrows);
 	d->attempts = MemoryContextAlloc(cxt, sizeof(int) * maxrows);
+	d->result = MemoryContextAllocZero(cxt, maxrows);
 	d->keyhashes = MemoryContextAlloc(cxt, sizeof(uint32) * maxrows);
 	d->haskey = MemoryContextAlloc(cxt, sizeof(bool) * maxrows);
 	d->topic = topic ? MemoryContextStrdup(cxt, topic) : NULL;
@@ -385,8 +292,6 @@ add_row(Delivery *d, const OutboxRow *r, uint32 keyhash)
 	}
 	MemoryContextSwitchTo(old);
 
-	if (r->attempts > 0)
-		d->retried = true;
 	d->ids[d->nrows] = r->id;
 	d->attempts[d->nrows] = r->attempts;
 	d->keyhashes[d->nrows] = keyhash;
@@ -461,6 +366,7 @@ read_row(HeapTuple tup, TupleDesc desc, OutboxRow *r)
 	r->headers = SPI_getvalue(tup, desc, 6);
 	r->time = SPI_getvalue(tup, desc, 7);
 	r->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+	r->blocked = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
 }
 
 /*
@@ -537,31 +443,220 @@ courier_dispatch_possible(OutboxState *ob)
 	return ob->enabled && OB_INFLIGHT(ob) > ob->inflight && (next == 0 || GetCurrentTimestamp() >= next);
 }
 
+/* One read-and-send pass over an outbox. */
+typedef struct DispatchPass
+{
+	OutboxState *ob;
+	const CourierHoldSet *holds;
+	List	   *open;			/* batched requests still filling */
+	int			budget;			/* requests we may still start */
+	bool		probe;			/* the breaker allows a single probe */
+	bool		stopped;		/* budget exhausted */
+	int			started;		/* rows put into requests */
+	HTAB	   *held_keys;		/* keys held back in this pass */
+	int64		first_held;		/* the cursor must stay below this */
+} DispatchPass;
+
+/*
+ * hold_row
+ *		The row must be read again later: keep the cursor below it, and keep
+ *		later rows of its key in this pass behind it.
+ */
+static void
+hold_row(DispatchPass *dp, int64 id, uint32 keyhash)
+{
+	if (dp->held_keys == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = ctl.entrysize = sizeof(uint32);
+		ctl.hcxt = CurrentMemoryContext;
+		dp->held_keys = hash_create("pg_courier held keys", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	hash_search(dp->held_keys, &keyhash, HASH_ENTER, NULL);
+	dp->first_held = Min(dp->first_held, id);
+}
+
+/*
+ * take_row
+ *		Decide about one row read in id order: send it, park it behind its
+ *		key, or hold it for a later read.  Returns false when the in-flight
+ *		budget is exhausted (the row was not taken).
+ */
+static bool
+take_row(DispatchPass *dp, OutboxRow *r)
+{
+	OutboxState *ob = dp->ob;
+	uint32		keyhash = 0;
+	Delivery   *d;
+
+	if (hash_search(ob->inflight_ids, &r->id, HASH_FIND, NULL))
+		return true;
+	if (r->key)
+	{
+		keyhash = courier_key_hash(r->key, strlen(r->key));
+		/* a transaction still in progress may own an earlier row of the key */
+		if ((dp->held_keys && hash_search(dp->held_keys, &keyhash, HASH_FIND, NULL)) ||
+			courier_hold_applies(dp->holds, ob->relid, r->id, keyhash))
+		{
+			hold_row(dp, r->id, keyhash);
+			return true;
+		}
+		/* a failed row that is not behind another failure heads its key's queue */
+		if (r->attempts > 0 && !r->blocked)
+			courier_block_key(ob, keyhash, r->id);
+		if (r->blocked || courier_blocked_for(ob, keyhash, r->id) ||
+			hash_search(ob->busy_keys, &keyhash, HASH_FIND, NULL) ||
+			courier_parked_before(ob, keyhash, r->id))
+		{
+			if (r->blocked)
+				courier_block_key(ob, keyhash, 0);
+			if (!courier_park(ob, keyhash, r->id))
+				hold_row(dp, r->id, keyhash);
+			return true;
+		}
+	}
+	if (ob->format == COURIER_FORMAT_KAFKA_REST_V2 && !courier_valid_kafka_topic(r->topic))
+	{
+		fail_unsendable(ob, r->id, "invalid Kafka topic name");
+		return true;
+	}
+	d = open_delivery_for(ob, &dp->open, r, &dp->budget);
+	if (d == NULL)
+	{
+		dp->stopped = true;
+		return false;
+	}
+	if (dp->probe)
+	{
+		/* the probe carries a single event: a failure costs one attempt */
+		d->probe = true;
+		d->maxrows = 1;
+	}
+	add_row(d, r, keyhash);
+	dp->started++;
+	if (!OB_BATCHED(ob))
+	{
+		dp->open = list_delete_ptr(dp->open, d);
+		start_delivery(d);
+	}
+	return true;
+}
+
+/*
+ * take_rows
+ *		Run a read and take its rows in order.  Returns the number of rows
+ *		read and, in *last, the highest id taken.
+ */
+static uint64
+take_rows(DispatchPass *dp, SPIPlanPtr plan, Datum *args, int64 *last)
+{
+	uint64		n;
+
+	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "pg_courier: could not read outbox %s", dp->ob->qname);
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		OutboxRow	r;
+
+		read_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &r);
+		if (!take_row(dp, &r))
+			break;
+		*last = r.id;
+	}
+	return n;
+}
+
+/*
+ * take_parked
+ *		Fetch the first parked row of every key that became free.  A row
+ *		that is gone (delivered meanwhile) or not ready (it failed and waits
+ *		for its retry, which the retry read will find) is dropped from the
+ *		queue; one that could not be taken for lack of budget goes back.
+ */
+static void
+take_parked(DispatchPass *dp, int limit)
+{
+	OutboxState *ob = dp->ob;
+	int64	   *ids = palloc(sizeof(int64) * limit);
+	uint32	   *keys = palloc(sizeof(uint32) * limit);
+	Datum	   *d = palloc(sizeof(Datum) * limit);
+	Datum		args[2];
+	int			n = courier_take_ready(ob, ids, keys, limit);
+	uint64		returned;
+
+	if (n == 0)
+		return;
+	for (int i = 0; i < n; i++)
+		d[i] = Int64GetDatum(ids[i]);
+	args[0] = PointerGetDatum(construct_array(d, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	args[1] = CStringGetTextDatum(ob->default_topic);
+	if (SPI_execute_plan(ob->ids_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "pg_courier: could not read outbox %s", ob->qname);
+	returned = SPI_processed;
+	for (uint64 i = 0; i < returned; i++)
+	{
+		OutboxRow	r;
+
+		read_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &r);
+		if (dp->stopped || !take_row(dp, &r))
+		{
+			/* out of budget: back to the front of its queue */
+			uint32		keyhash = courier_key_hash(r.key, strlen(r.key));
+
+			if (!courier_park(ob, keyhash, r.id))
+				hold_row(dp, r.id, keyhash);
+		}
+	}
+	/* keys whose row went out are busy now; the others may go on with their next row */
+	for (int i = 0; i < n; i++)
+		if (!hash_search(ob->busy_keys, &keys[i], HASH_FIND, NULL) && !courier_key_blocked(ob, keys[i]))
+			courier_key_ready(ob, keys[i]);
+}
+
+/*
+ * next_retry_at
+ *		When the earliest failed row that is not in flight becomes due.
+ */
+static TimestampTz
+next_retry_at(OutboxState *ob)
+{
+	bool		isnull;
+	Datum		t;
+
+	if (SPI_execute_plan(ob->next_retry_plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		return 0;
+	t = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetTimestampTz(t);
+}
+
 /*
  * courier_dispatch
  *		Read ready rows of one outbox and start requests for them, within the
- *		outbox's in-flight budget.  Runs inside the round's transaction, with
- *		the snapshot the holds were taken with.  Returns true when a full
- *		read was consumed (more rows may be waiting).
+ *		outbox's in-flight budget: first rows that were parked behind keys
+ *		that are free now, then failed rows whose retry is due, then fresh
+ *		rows from the cursor on.  Runs inside the round's transaction, with
+ *		the snapshot the holds were taken with.  Returns true when more rows
+ *		may be waiting.
  */
 bool
 courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 {
-	int			budget = OB_INFLIGHT(ob) - ob->inflight;
-	int			limit;
+	DispatchPass dp = {0};
 	Datum		args[3];
 	TimestampTz now = GetCurrentTimestamp();
-	List	   *open = NIL;
 	ListCell   *lc;
-	bool		stopped = false;
-	HTAB	   *held_keys = NULL;
-	int64		consumed = ob->cursor;
-	int64		first_held = PG_INT64_MAX;
-	int			started = 0;
 	int			admitted;
-	uint64		n;
+	int			limit;
+	int64		last = ob->cursor;
+	uint64		n = 0;
 
-	if (!ob->enabled || budget <= 0)
+	dp.ob = ob;
+	dp.holds = holds;
+	dp.first_held = PG_INT64_MAX;
+	dp.budget = OB_INFLIGHT(ob) - ob->inflight;
+	if (!ob->enabled || dp.budget <= 0)
 		return false;
 
 	/* an open breaker sends nothing (rows keep their attempts); half-open sends one probe */
@@ -569,101 +664,64 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	if (admitted == 0)
 		return false;
 	if (admitted == 1)
-		budget = 1;
-
-	if ((ob->rescan && now >= ob->rescan_at) || (ob->retry_at != 0 && now >= ob->retry_at) ||
-		TimestampDifferenceExceeds(ob->last_full_scan, now, FULL_SCAN_INTERVAL_MS))
 	{
-		/* rows behind the cursor (failed, or behind a failure) are due */
-		ob->cursor = consumed = 0;
+		dp.budget = 1;
+		dp.probe = true;
+	}
+
+	/*
+	 * A read from the start: on request (rows with explicit ids arrived,
+	 * an error), and as a safety net when the outbox has been quiet.  It
+	 * meets every waiting row again, so parking starts afresh.
+	 */
+	if ((ob->rescan && now >= ob->rescan_at) ||
+		(TimestampDifferenceExceeds(ob->last_full_scan, now, FULL_SCAN_INTERVAL_MS) &&
+		 TimestampDifferenceExceeds(ob->last_fresh_rows, now, FULL_SCAN_INTERVAL_MS)))
+	{
+		ob->cursor = last = 0;
 		ob->rescan = false;
-		ob->retry_at = 0;
 		ob->last_full_scan = now;
+		courier_parking_clear(ob);
 	}
 	if (ob->fetch_plan == NULL)
-		make_state_plans(ob);
+		courier_make_plans(ob);
 
-	limit = Min((OB_BATCHED(ob) && admitted != 1 ? OB_BATCH(ob) : 1) * budget, 100000);
-	args[0] = Int64GetDatum(ob->cursor);
+	limit = Min((OB_BATCHED(ob) && !dp.probe ? OB_BATCH(ob) : 1) * dp.budget, 100000);
 	args[1] = Int32GetDatum(limit);
 	args[2] = CStringGetTextDatum(ob->default_topic);
-	if (SPI_execute_plan(ob->fetch_plan, args, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "pg_courier: could not read outbox %s", ob->qname);
-	n = SPI_processed;
 
-	for (uint64 i = 0; i < n; i++)
+	if (ob->nready > 0)
+		take_parked(&dp, limit);
+	if (!dp.stopped && ob->retry_at != 0 && now >= ob->retry_at)
 	{
-		OutboxRow	r;
-		uint32		keyhash = 0;
-		Delivery   *d;
+		int64		ignored = 0;
 
-		read_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &r);
-		if (hash_search(ob->inflight_ids, &r.id, HASH_FIND, NULL))
-		{
-			consumed = r.id;
-			continue;
-		}
-		if (r.key)
-		{
-			keyhash = courier_key_hash(r.key, strlen(r.key));
-			/* once a key is held in this read, its later rows are held too */
-			if ((held_keys && hash_search(held_keys, &keyhash, HASH_FIND, NULL)) ||
-				hash_search(ob->busy_keys, &keyhash, HASH_FIND, NULL) ||
-				courier_hold_applies(holds, ob->relid, r.id, keyhash))
-			{
-				if (held_keys == NULL)
-				{
-					HASHCTL		ctl;
-
-					ctl.keysize = ctl.entrysize = sizeof(uint32);
-					ctl.hcxt = CurrentMemoryContext;
-					held_keys = hash_create("pg_courier held keys", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-				}
-				hash_search(held_keys, &keyhash, HASH_ENTER, NULL);
-				first_held = Min(first_held, r.id);
-				consumed = r.id;
-				continue;
-			}
-		}
-		if (ob->format == COURIER_FORMAT_KAFKA_REST_V2 && !courier_valid_kafka_topic(r.topic))
-		{
-			fail_unsendable(ob, r.id, "invalid Kafka topic name");
-			consumed = r.id;
-			continue;
-		}
-		d = open_delivery_for(ob, &open, &r, &budget);
-		if (d == NULL)
-		{
-			stopped = true;
-			break;
-		}
-		if (admitted == 1)
-		{
-			/* the probe carries a single event: a failure costs one attempt */
-			d->probe = true;
-			d->maxrows = 1;
-		}
-		add_row(d, &r, keyhash);
-		started++;
-		consumed = r.id;
-		if (!OB_BATCHED(ob))
-		{
-			open = list_delete_ptr(open, d);
-			start_delivery(d);
-		}
+		args[0] = Int64GetDatum(0);
+		if (take_rows(&dp, ob->retry_plan, args, &ignored) == (uint64) limit || dp.stopped)
+			ob->retry_at = now;		/* more are due: come back */
+		else
+			ob->retry_at = next_retry_at(ob);
 	}
-	foreach(lc, open)
+	if (!dp.stopped)
+	{
+		args[0] = Int64GetDatum(ob->cursor);
+		n = take_rows(&dp, ob->fetch_plan, args, &last);
+		if (n > 0)
+			ob->last_fresh_rows = now;
+	}
+
+	foreach(lc, dp.open)
 		start_delivery(lfirst(lc));
-	list_free(open);
-	if (admitted == 1 && started == 0)
+	list_free(dp.open);
+	if (dp.probe && dp.started == 0)
 		courier_breaker_release_probe(ob->breaker);
 
 	/*
-	 * Advance the cursor over what this read dealt with, but never past a
-	 * held row (it must be read again before later rows of its key) nor past
-	 * an id that a transaction still in progress may own.
+	 * Advance the cursor over what this pass took, but never past a held
+	 * row (it must be read again before later rows of its key) nor past an
+	 * id that a transaction still in progress may own.
 	 */
-	ob->cursor = Min(consumed, first_held - 1);
+	ob->cursor = Min(last, dp.first_held - 1);
 	ob->cursor = Min(ob->cursor, courier_hold_horizon(holds, ob->relid) - 1);
-	return !stopped && n == (uint64) limit;
+	return (!dp.stopped && n == (uint64) limit) || ob->nready > 0;
 }

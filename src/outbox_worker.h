@@ -35,6 +35,7 @@ typedef struct OutboxRow
 	const char *headers;		/* "Name: value" lines, or NULL */
 	const char *time;			/* RFC 3339, UTC */
 	int			attempts;
+	bool		blocked;		/* an earlier row of its key failed and waits */
 } OutboxRow;
 
 /* What the worker knows about one registered outbox. */
@@ -74,7 +75,17 @@ typedef struct OutboxState
 	TimestampTz retry_at;		/* earliest next_attempt_at we set */
 	HTAB	   *busy_keys;		/* key hash -> rows in flight */
 	HTAB	   *inflight_ids;	/* ids in flight */
+	HTAB	   *parked;			/* key hash -> ids waiting behind the key */
+	HTAB	   *blocked;		/* key hash -> the failed row it waits for */
+	uint32	   *ready;			/* keys whose first parked id is to be fetched */
+	int			nready;
+	int			ready_cap;
+	int			nparked;
+	TimestampTz last_fresh_rows;	/* last time the fresh read found rows */
 	SPIPlanPtr	fetch_plan;
+	SPIPlanPtr	retry_plan;
+	SPIPlanPtr	ids_plan;
+	SPIPlanPtr	next_retry_plan;
 	SPIPlanPtr	delete_plan;
 	SPIPlanPtr	fail_plan;
 	SPIPlanPtr	dead_plan;
@@ -90,6 +101,7 @@ typedef struct Delivery
 	int			maxrows;
 	int64	   *ids;
 	int		   *attempts;		/* attempts before this one, per row */
+	char	   *result;			/* per row, on completion: 'o'k, 'r'etry, 'd'ead */
 	uint32	   *keyhashes;
 	bool	   *haskey;
 	const char *topic;			/* Kafka: the topic of every row */
@@ -98,10 +110,7 @@ typedef struct Delivery
 	const char **extra;			/* extra header lines */
 	int			nextra;
 	CourierHttpRequest *req;
-	bool		retried;		/* carries rows that failed before */
 	bool		probe;			/* the half-open breaker's probe */
-	int			nfailed;		/* rows to retry (set on completion) */
-	int			ndead;			/* rows moved to the dead letters */
 } Delivery;
 
 /* outbox_format.c */
@@ -111,12 +120,27 @@ extern bool courier_valid_kafka_topic(const char *topic);
 extern bool courier_parse_kafka_offsets(const char *json, int len, int nrecords, int *codes,
 										char *errbuf, int errlen);
 
+/* outbox_statements.c */
+extern void courier_make_plans(OutboxState *ob);
+extern void courier_free_plans(OutboxState *ob);
+
+/* outbox_parking.c */
+extern void courier_parking_init(OutboxState *ob);
+extern bool courier_park(OutboxState *ob, uint32 keyhash, int64 id);
+extern bool courier_parked_before(OutboxState *ob, uint32 keyhash, int64 id);
+extern void courier_key_ready(OutboxState *ob, uint32 keyhash);
+extern int	courier_take_ready(OutboxState *ob, int64 *ids, uint32 *keys, int max);
+extern void courier_parking_clear(OutboxState *ob);
+extern void courier_block_key(OutboxState *ob, uint32 keyhash, int64 head_id);
+extern bool courier_blocked_for(OutboxState *ob, uint32 keyhash, int64 id);
+extern void courier_unblock_key(OutboxState *ob, uint32 keyhash, int64 id);
+extern bool courier_key_blocked(OutboxState *ob, uint32 keyhash);
+
 /* outbox_delivery.c */
 extern void courier_refresh_outboxes(List **outboxes);
 extern bool courier_dispatch_possible(OutboxState *ob);
 extern bool courier_dispatch(OutboxState *ob, const CourierHoldSet *holds);
 extern void courier_complete(List *finished);
 extern void courier_forget_outbox(OutboxState *ob);
-extern void courier_free_plans(OutboxState *ob);
 
 #endif							/* OUTBOX_WORKER_H */
