@@ -38,6 +38,9 @@ all install installcheck:
 	@echo "pg_config not found ($(PG_CONFIG)); run tools/setup.sh or set PG_CONFIG" >&2; exit 1
 endif
 
+# PGXS tracks header dependencies only in --enable-depend builds: every object depends on our headers.
+$(OBJS): $(wildcard src/*.h)
+
 .PHONY: demo test bench
 demo:
 	tools/demo.sh

@@ -438,9 +438,16 @@ fail_unsendable(OutboxState *ob, int64 id, const char *why)
 bool
 courier_dispatch_possible(OutboxState *ob)
 {
+	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz next = courier_breaker_next_change(ob->breaker);
 
-	return ob->enabled && OB_INFLIGHT(ob) > ob->inflight && (next == 0 || GetCurrentTimestamp() >= next);
+	if (!ob->enabled || OB_INFLIGHT(ob) <= ob->inflight || (next != 0 && now < next))
+		return false;
+	/* is there anything to read?  (the commit count is read before the snapshot) */
+	ob->commits = ob->counters ? pg_atomic_read_u64(&ob->counters->commits) : 0;
+	return ob->commits != ob->seen_commits || ob->counters == NULL || ob->more || ob->nready > 0 ||
+		ob->rescan || (ob->retry_at != 0 && now >= ob->retry_at) ||
+		TimestampDifferenceExceeds(ob->last_read, now, courier_poll_interval_ms);
 }
 
 /* One read-and-send pass over an outbox. */
@@ -708,6 +715,8 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 		n = take_rows(&dp, ob->fetch_plan, args, &last);
 		if (n > 0)
 			ob->last_fresh_rows = now;
+		ob->seen_commits = ob->commits;
+		ob->last_read = now;
 	}
 
 	foreach(lc, dp.open)
@@ -723,5 +732,7 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	 */
 	ob->cursor = Min(last, dp.first_held - 1);
 	ob->cursor = Min(ob->cursor, courier_hold_horizon(holds, ob->relid) - 1);
-	return (!dp.stopped && n == (uint64) limit) || ob->nready > 0;
+	/* (held rows are read again when their transactions' commits count) */
+	ob->more = (!dp.stopped && n == (uint64) limit) || ob->nready > 0;
+	return ob->more;
 }

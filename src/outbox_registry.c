@@ -80,6 +80,22 @@ static CourierShared *shared = NULL;
 /* backend-local: this transaction wrote to an outbox (wake the worker at commit) */
 static bool xact_wrote_outbox = false;
 static bool xact_gave_ids = false;	/* rows brought their own ids (replay, restore) */
+
+/* the outboxes this transaction wrote, so that the worker reads only those */
+#define XACT_OUTBOXES 8
+static Oid	xact_outboxes[XACT_OUTBOXES];
+static int	n_xact_outboxes = 0;
+static bool xact_outboxes_overflow = false;
+
+/* backend-local cache: outbox -> its shared counters */
+typedef struct CountersRef
+{
+	Oid			relid;
+	CourierOutboxCounters *counters;
+} CountersRef;
+static HTAB *counters_refs = NULL;
+
+static void note_outbox(Oid relid);
 static bool xact_registered = false;
 static int	cached_worker_index = -1;
 static CourierWorkerInfo *my_worker = NULL;
@@ -130,7 +146,10 @@ courier_registry_shmem_init(void)
 	for (int i = 0; i < shared->nslots; i++)
 		SpinLockInit(&shared->slots[i].mutex);
 	for (int i = 0; i < COURIER_MAX_OUTBOXES; i++)
+	{
 		SpinLockInit(&shared->counters[i].mutex);
+		pg_atomic_init_u64(&shared->counters[i].commits, 0);
+	}
 	for (int i = 0; i < shared->nworkers; i++)
 	{
 		pg_atomic_init_u64(&shared->workers[i].rounds, 0);
@@ -208,6 +227,7 @@ courier_registry_insert(Oid relid, Oid seqid, const char *key, int keylen, int64
 	int64		id;
 
 	xact_wrote_outbox = true;
+	note_outbox(relid);
 
 	/* Rows without a key carry no order: nothing to register. */
 	if (shared != NULL && key != NULL)
@@ -249,6 +269,55 @@ courier_registry_insert(Oid relid, Oid seqid, const char *key, int keylen, int64
 }
 
 /*
+ * note_outbox
+ *		Remember that this transaction wrote relid.
+ */
+static void
+note_outbox(Oid relid)
+{
+	for (int i = 0; i < n_xact_outboxes; i++)
+		if (xact_outboxes[i] == relid)
+			return;
+	if (n_xact_outboxes == XACT_OUTBOXES)
+		xact_outboxes_overflow = true;
+	else
+		xact_outboxes[n_xact_outboxes++] = relid;
+}
+
+/*
+ * count_commits
+ *		Tell the worker which outboxes got a commit (it reads only those).
+ *		Called after the commit is visible: the worker reads the counters
+ *		before its snapshot, so a counter it saw change is covered by it.
+ */
+static void
+count_commits(void)
+{
+	if (shared == NULL)
+		return;					/* not preloaded: no worker to tell */
+	for (int i = 0; i < n_xact_outboxes; i++)
+	{
+		CountersRef *ref;
+		bool		found;
+
+		if (counters_refs == NULL)
+		{
+			HASHCTL		ctl;
+
+			ctl.keysize = sizeof(Oid);
+			ctl.entrysize = sizeof(CountersRef);
+			counters_refs = hash_create("pg_courier counters refs", 16, &ctl, HASH_ELEM | HASH_BLOBS);
+		}
+		ref = hash_search(counters_refs, &xact_outboxes[i], HASH_ENTER, &found);
+		if (!found || ref->counters == NULL || ref->counters->relid != xact_outboxes[i] ||
+			ref->counters->dboid != MyDatabaseId)
+			ref->counters = courier_counters_for(xact_outboxes[i]);
+		if (ref->counters)
+			pg_atomic_fetch_add_u64(&ref->counters->commits, 1);
+	}
+}
+
+/*
  * wake_worker
  *		Set the latch of this database's delivery worker, if it runs.
  */
@@ -271,7 +340,7 @@ wake_worker(void)
 	}
 	w = &shared->workers[cached_worker_index];
 	/* rows may have landed behind the worker's read cursor */
-	if (xact_gave_ids)
+	if (xact_gave_ids || xact_outboxes_overflow)
 		pg_atomic_write_u32(&w->rescan, 1);
 
 	/*
@@ -331,13 +400,16 @@ registry_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			clear_slot(true);
+			count_commits();
 			wake_worker();
-			xact_wrote_outbox = xact_gave_ids = false;
+			xact_wrote_outbox = xact_gave_ids = xact_outboxes_overflow = false;
+			n_xact_outboxes = 0;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			clear_slot(false);
-			xact_wrote_outbox = xact_gave_ids = false;
+			xact_wrote_outbox = xact_gave_ids = xact_outboxes_overflow = false;
+			n_xact_outboxes = 0;
 			break;
 		default:
 			break;

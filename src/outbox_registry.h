@@ -47,6 +47,7 @@ typedef struct CourierOutboxCounters
 {
 	Oid			dboid;
 	Oid			relid;
+	pg_atomic_uint64 commits;	/* transactions that wrote the outbox (wake-up hint) */
 	slock_t		mutex;
 	uint64		delivered;
 	uint64		failed_attempts;

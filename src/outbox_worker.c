@@ -74,7 +74,7 @@ dispatch_one(OutboxState *ob, const CourierHoldSet *holds)
 	ResourceOwner owner = CurrentResourceOwner;
 	volatile bool more = false;
 
-	if (!courier_dispatch_possible(ob))
+	if (!ob->wanted)
 		return false;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
@@ -142,9 +142,14 @@ delivery_round(void)
 	bool		any = false;
 	TimestampTz now = GetCurrentTimestamp();
 
-	/* nothing could be sent and nothing to re-read: no transaction at all */
+	/* nothing could be sent and nothing new to read: no transaction at all */
 	foreach(lc, outboxes)
-		any |= courier_dispatch_possible(lfirst(lc));
+	{
+		OutboxState *ob = lfirst(lc);
+
+		ob->wanted = courier_dispatch_possible(ob);
+		any |= ob->wanted;
+	}
 	if (!any && !rescan && last_refresh != 0 &&
 		!TimestampDifferenceExceeds(last_refresh, now, REFRESH_INTERVAL_MS))
 		return false;

@@ -82,6 +82,11 @@ typedef struct OutboxState
 	int			ready_cap;
 	int			nparked;
 	TimestampTz last_fresh_rows;	/* last time the fresh read found rows */
+	TimestampTz last_read;		/* last fresh read */
+	uint64		seen_commits;	/* producers' commit count the last read covered */
+	uint64		commits;		/* the count read before this round's snapshot */
+	bool		more;			/* the last read left rows behind */
+	bool		wanted;			/* read in this round (decided before its snapshot) */
 	SPIPlanPtr	fetch_plan;
 	SPIPlanPtr	retry_plan;
 	SPIPlanPtr	ids_plan;
