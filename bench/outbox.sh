@@ -32,9 +32,11 @@ SQL
     sink_post /_sink/reset >/dev/null
     t0=$(now_ms)
     psql -q -c "SELECT courier.alter_outbox('$ob', enabled => true)" >/dev/null
-    # watch the sink (cheap), not count(*) on the outbox (which would compete with the worker)
+    # watch the sink (cheap), not count(*) on the outbox (which would compete with the worker);
+    # the rate runs from the first receipt to the last
     while [ "$(json_field "$(sink_get /_sink/stats)" 'j.unique')" -lt "$BACKLOG" ]; do sleep 0.02; done
-    t1=$(now_ms)
+    t0=$(sink_get "/_sink/events?from=1&limit=1" | node -e 'console.log(Math.floor(JSON.parse(require("fs").readFileSync(0))[0].t))')
+    t1=$(json_field "$(sink_get /_sink/stats)" 'Math.ceil(j.last_receipt_t)')
     while [ "$(pending "$ob")" != 0 ]; do sleep 0.05; done
     local got; got=$(json_field "$(sink_get /_sink/stats)" 'j.unique')
     printf '  %-44s %8d events in %6.2f s = %8.0f events/s  (%s requests)\n' "$format${opts:+ $opts}" \

@@ -99,6 +99,10 @@ $$;
 CREATE FUNCTION courier._validate_endpoint(endpoint text, format text)
 RETURNS void LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'courier_validate_endpoint';
 
+-- At commit, tell the worker to re-read the catalog and its outboxes (after a change of settings).
+CREATE FUNCTION courier._wake_at_commit()
+RETURNS void LANGUAGE C AS 'MODULE_PATHNAME', 'courier_wake_at_commit';
+
 -- BEFORE INSERT row trigger on every outbox: assigns the id and registers the inserting transaction
 -- so the worker can keep per-key order across transactions that commit out of id order.
 CREATE FUNCTION courier._outbox_before_insert()
@@ -228,6 +232,7 @@ BEGIN
        SET endpoint = r.endpoint, options = r.options, default_topic = r.default_topic,
            enabled = COALESCE(alter_outbox.enabled, o.enabled)
      WHERE o.outbox = r.outbox;
+    PERFORM courier._wake_at_commit();
 END
 $$;
 

@@ -733,6 +733,6 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	ob->cursor = Min(last, dp.first_held - 1);
 	ob->cursor = Min(ob->cursor, courier_hold_horizon(holds, ob->relid) - 1);
 	/* (held rows are read again when their transactions' commits count) */
-	ob->more = (!dp.stopped && n == (uint64) limit) || ob->nready > 0;
+	ob->more = dp.stopped || n == (uint64) limit || ob->nready > 0;
 	return ob->more;
 }

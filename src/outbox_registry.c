@@ -417,6 +417,21 @@ registry_xact_callback(XactEvent event, void *arg)
 }
 
 /*
+ * courier_wake_at_commit
+ *		courier._wake_at_commit(): the caller changed what the worker must
+ *		know (an outbox enabled, its settings, replayed rows); at commit the
+ *		worker re-reads the catalog and its outboxes from the start.
+ */
+PG_FUNCTION_INFO_V1(courier_wake_at_commit);
+Datum
+courier_wake_at_commit(PG_FUNCTION_ARGS)
+{
+	xact_wrote_outbox = true;
+	xact_gave_ids = true;
+	PG_RETURN_VOID();
+}
+
+/*
  * courier_registry_init
  *		Install the transaction callback (any backend that loads the module).
  */
@@ -626,14 +641,14 @@ courier_worker_take_rescan(void)
 }
 
 /*
- * courier_worker_clear_wake
- *		Let producers wake us again (call before taking a snapshot).
+ * courier_worker_take_wake
+ *		Let producers wake us again; returns whether one asked to (call after
+ *		ResetLatch and before taking a snapshot).
  */
-void
-courier_worker_clear_wake(void)
+bool
+courier_worker_take_wake(void)
 {
-	if (my_worker != NULL)
-		pg_atomic_exchange_u32(&my_worker->wake_pending, 0);
+	return my_worker != NULL && pg_atomic_exchange_u32(&my_worker->wake_pending, 0) != 0;
 }
 
 /*

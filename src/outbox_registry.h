@@ -88,7 +88,7 @@ extern CourierWorkerInfo *courier_worker_attach(const char *dbname);
 extern void courier_worker_detach(void);
 extern void courier_worker_set_state(const char *state);
 extern bool courier_worker_take_rescan(void);
-extern void courier_worker_clear_wake(void);
+extern bool courier_worker_take_wake(void);
 extern CourierOutboxCounters *courier_counters_for(Oid relid);
 extern void courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 retries,
 									uint64 dead, const char *error);

@@ -171,7 +171,7 @@ delivery_round(void)
 	}
 
 	PushActiveSnapshot(courier_registry_snapshot(&holds));
-	if (last_refresh == 0 || TimestampDifferenceExceeds(last_refresh, now, REFRESH_INTERVAL_MS))
+	if (rescan || last_refresh == 0 || TimestampDifferenceExceeds(last_refresh, now, REFRESH_INTERVAL_MS))
 	{
 		courier_refresh_outboxes(&outboxes);
 		last_refresh = now;
@@ -356,6 +356,8 @@ courier_worker_main(Datum arg)
 	before_shmem_exit(detach_worker, (Datum) 0);
 
 	apply_ack_mode();
+	/* our statements are simple index scans: plan them once, not per execution */
+	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_USERSET, PGC_S_OVERRIDE);
 	courier_worker_context = AllocSetContextCreate(TopMemoryContext, "pg_courier worker",
 												   ALLOCSET_DEFAULT_SIZES);
 	courier_http_init();
@@ -384,10 +386,15 @@ courier_worker_main(Datum arg)
 		bool		more = false;
 		TimestampTz now;
 
-		/* before the snapshot of this loop's round: see courier_worker_clear_wake */
-		courier_worker_clear_wake();
+		/*
+		 * Reset the latch first, then take the producers' wake flag (before
+		 * this loop's snapshot): a producer that finds the flag clear sets
+		 * the latch after our reset; one that found it set committed before
+		 * we took it, and its commit is counted.
+		 */
 		woken = MyLatch->is_set;
 		ResetLatch(MyLatch);
+		woken |= courier_worker_take_wake();
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{

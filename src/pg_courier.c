@@ -31,7 +31,7 @@ void		_PG_init(void);
 
 char	   *courier_databases = NULL;
 int			courier_poll_interval_ms = 1000;
-int			courier_max_inflight = 8;
+int			courier_max_inflight = 32;
 int			courier_http_timeout_ms = 10000;
 int			courier_batch_size = 1000;
 int			courier_max_payload_bytes = 1024 * 1024;
@@ -111,9 +111,9 @@ define_outbox_gucs(void)
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("courier.max_inflight",
 							"Maximum number of concurrent HTTP requests per outbox.",
-							NULL,
+							"Rows in flight per outbox are at most max_inflight * batch_size.",
 							&courier_max_inflight,
-							8, 1, 1024,
+							32, 1, 1024,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("courier.http_timeout_ms",
