@@ -412,6 +412,13 @@ get_or_load(FunctionCallInfo fcinfo, CacheValue *v)
 	bool		first = true;
 	TimestampTz deadline = GetCurrentTimestamp() + (int64) cache_load_timeout_ms * 1000;
 
+	/* a loader that exits must release its waiters: see cache_load_exit */
+	if (!exit_callback_registered)
+	{
+		before_shmem_exit(cache_load_exit, (Datum) 0);
+		exit_callback_registered = true;
+	}
+
 	cache_check_available();
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -500,11 +507,6 @@ courier_cache_get_or_load(PG_FUNCTION_ARGS)
 {
 	CacheValue	v;
 
-	if (!exit_callback_registered)
-	{
-		before_shmem_exit(cache_load_exit, (Datum) 0);
-		exit_callback_registered = true;
-	}
 	if (!get_or_load(fcinfo, &v))
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(cache_value_to_text(&v));
@@ -515,11 +517,6 @@ courier_cache_get_or_load_jsonb(PG_FUNCTION_ARGS)
 {
 	CacheValue	v;
 
-	if (!exit_callback_registered)
-	{
-		before_shmem_exit(cache_load_exit, (Datum) 0);
-		exit_callback_registered = true;
-	}
 	if (!get_or_load(fcinfo, &v))
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(cache_value_to_jsonb(&v));

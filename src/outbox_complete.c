@@ -201,77 +201,58 @@ rows_arrays(const RowList *l, Datum *args)
 	args[3] = PointerGetDatum(construct_array(l->retry_after, l->n, INT8OID, 8, true, TYPALIGN_DOUBLE));
 }
 
+/* Arguments of record_outcome, through courier_run_contained. */
+typedef struct RecordCall
+{
+	OutboxState *ob;
+	Outcome    *o;
+} RecordCall;
+
 /*
  * record_outcome
- *		Apply one request's outcome to its outbox, in a subtransaction so
- *		that a problem with one outbox (dropped meanwhile, ...) does not
- *		undo the others.
+ *		Apply an outbox's outcomes: delete acknowledged rows, schedule
+ *		retries, move dead rows.  Run contained, so that a problem with one
+ *		outbox (dropped meanwhile, ...) does not undo the others.
  */
 static void
-record_outcome(OutboxState *ob, Outcome *o)
+record_outcome(void *arg)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
+	OutboxState *ob = ((RecordCall *) arg)->ob;
+	Outcome    *o = ((RecordCall *) arg)->o;
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
+	if (o->nok > 0)
 	{
-		if (o->nok > 0)
-		{
-			Datum		arg = PointerGetDatum(construct_array(o->ok_ids, o->nok, INT8OID, 8, true, TYPALIGN_DOUBLE));
+		Datum		ids = PointerGetDatum(construct_array(o->ok_ids, o->nok, INT8OID, 8, true, TYPALIGN_DOUBLE));
 
-			if (SPI_execute_plan(ob->delete_plan, &arg, NULL, false, 0) != SPI_OK_DELETE)
-				elog(ERROR, "could not delete delivered rows: %s", SPI_result_code_string(SPI_result));
-		}
-		if (o->retry.n > 0)
-		{
-			Datum		args[6];
-			bool		isnull;
-
-			rows_arrays(&o->retry, args);
-			args[4] = Float8GetDatum(ob->retry_base_ms > 0 ? ob->retry_base_ms : courier_retry_base_ms);
-			args[5] = Float8GetDatum(ob->retry_max_ms > 0 ? ob->retry_max_ms : courier_retry_max_ms);
-			if (SPI_execute_plan(ob->fail_plan, args, NULL, false, 0) == SPI_OK_SELECT && SPI_processed == 1)
-			{
-				Datum		next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-				if (!isnull && (ob->retry_at == 0 || DatumGetTimestampTz(next) < ob->retry_at))
-					ob->retry_at = DatumGetTimestampTz(next);
-			}
-		}
-		if (o->dead.n > 0)
-		{
-			Datum		args[5];
-
-			rows_arrays(&o->dead, args);
-			args[3] = ObjectIdGetDatum(ob->relid);
-			args[4] = BoolGetDatum(ob->block_on_dead);
-			if (SPI_execute_plan(ob->dead_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "could not move rows to courier.dead_letters: %s", SPI_result_code_string(SPI_result));
-		}
-		ReleaseCurrentSubTransaction();
+		if (SPI_execute_plan(ob->delete_plan, &ids, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not delete delivered rows: %s", SPI_result_code_string(SPI_result));
 	}
-	PG_CATCH();
+	if (o->retry.n > 0)
 	{
-		ErrorData  *edata;
+		Datum		args[6];
+		bool		isnull;
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		ereport(WARNING,
-				(errmsg("pg_courier: could not record delivery results for outbox %s: %s",
-						ob->qname, edata->message),
-				 errdetail("The rows stay pending and will be sent again.")));
-		FreeErrorData(edata);
-		/* they are behind the cursor and maybe parked: read everything again */
-		ob->rescan = true;
-		ob->rescan_at = 0;
+		rows_arrays(&o->retry, args);
+		args[4] = Float8GetDatum(ob->retry_base_ms > 0 ? ob->retry_base_ms : courier_retry_base_ms);
+		args[5] = Float8GetDatum(ob->retry_max_ms > 0 ? ob->retry_max_ms : courier_retry_max_ms);
+		if (SPI_execute_plan(ob->fail_plan, args, NULL, false, 0) == SPI_OK_SELECT && SPI_processed == 1)
+		{
+			Datum		next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+			if (!isnull && (ob->retry_at == 0 || DatumGetTimestampTz(next) < ob->retry_at))
+				ob->retry_at = DatumGetTimestampTz(next);
+		}
 	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
+	if (o->dead.n > 0)
+	{
+		Datum		args[5];
+
+		rows_arrays(&o->dead, args);
+		args[3] = ObjectIdGetDatum(ob->relid);
+		args[4] = BoolGetDatum(ob->block_on_dead);
+		if (SPI_execute_plan(ob->dead_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not move rows to courier.dead_letters: %s", SPI_result_code_string(SPI_result));
+	}
 }
 
 /*
@@ -368,7 +349,18 @@ courier_complete(List *finished)
 								   d->probe);
 		}
 		if (ob->delete_plan != NULL)
-			record_outcome(ob, &o);
+		{
+			RecordCall	call = {ob, &o};
+
+			if (!courier_run_contained(record_outcome, &call,
+									   psprintf("could not record delivery results for outbox %s "
+												"(the rows stay pending and will be sent again)", ob->qname)))
+			{
+				/* they are behind the cursor and maybe parked: read everything again */
+				ob->rescan = true;
+				ob->rescan_at = 0;
+			}
+		}
 	}
 
 	MemoryContextSwitchTo(old);

@@ -62,46 +62,41 @@ detach_worker(int code, Datum arg)
 	courier_worker_detach();
 }
 
+typedef struct DispatchCall
+{
+	OutboxState *ob;
+	const CourierHoldSet *holds;
+	bool		more;
+} DispatchCall;
+
+static void
+dispatch_call(void *arg)
+{
+	DispatchCall *c = arg;
+
+	c->more = courier_dispatch(c->ob, c->holds);
+}
+
 /*
  * dispatch_one
- *		Read and send one outbox, in a subtransaction: a failure is recorded
+ *		Read and send one outbox, contained: a failure is logged and counted
  *		on the outbox and does not stop the others.  Returns "more waiting".
  */
 static bool
 dispatch_one(OutboxState *ob, const CourierHoldSet *holds)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool more = false;
+	DispatchCall c = {ob, holds, false};
 
 	if (!ob->wanted)
 		return false;
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
+	if (!courier_run_contained(dispatch_call, &c, psprintf("could not read outbox %s", ob->qname)))
 	{
-		more = courier_dispatch(ob, holds);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
 		courier_counters_record(ob->counters, 0, 0, 0, NULL);
-		ereport(WARNING,
-				(errmsg("pg_courier: could not read outbox %s: %s", ob->qname, edata->message)));
 		/* statements may refer to a dropped or altered table: prepare them again */
 		courier_free_plans(ob);
-		FreeErrorData(edata);
+		return false;
 	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	return more;
+	return c.more;
 }
 
 /*
@@ -261,38 +256,10 @@ next_wait_ms(TimestampTz now)
 	return Max(wait, 1);
 }
 
-/*
- * run_contained
- *		Run one housekeeping function in a subtransaction: its failure is
- *		logged and does not disturb delivery.
- */
 static void
-run_contained(void (*fn) (void), const char *what)
+call_void(void *fn)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		fn();
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		ereport(WARNING, (errmsg("pg_courier: %s failed: %s", what, edata->message)));
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
+	((void (*) (void)) fn) ();
 }
 
 /*
@@ -311,8 +278,8 @@ maintenance(TimestampTz now)
 	if (OidIsValid(get_extension_oid(COURIER_EXTENSION, true)))
 	{
 		PushActiveSnapshot(GetTransactionSnapshot());
-		run_contained(courier_idempotency_maintenance, "idempotency key sweep");
-		run_contained(courier_saga_maintenance, "saga timeout enforcement");
+		courier_run_contained(call_void, (void *) courier_idempotency_maintenance, "idempotency key sweep failed");
+		courier_run_contained(call_void, (void *) courier_saga_maintenance, "saga timeout enforcement failed");
 		PopActiveSnapshot();
 	}
 	CommitTransactionCommand();

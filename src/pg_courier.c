@@ -15,12 +15,14 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 
 #include "pg_courier.h"
 #include "outbox_breaker.h"
@@ -189,6 +191,45 @@ courier_require_preload(const char *what)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("%s requires pg_courier to be loaded via shared_preload_libraries", what),
 				 errhint("Add pg_courier to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/*
+ * courier_run_contained
+ *		Run fn(arg) in a subtransaction of the current transaction.  If it
+ *		fails, roll the subtransaction back, log a WARNING naming what failed,
+ *		and return false: one outbox's (or one housekeeping task's) problem
+ *		must not undo the others' work in the same transaction.
+ */
+bool
+courier_run_contained(void (*fn) (void *), void *arg, const char *what)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool ok = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		ereport(WARNING, (errmsg("pg_courier: %s: %s", what, edata->message)));
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return ok;
 }
 
 /*

@@ -66,6 +66,9 @@ extern void courier_saga_maintenance(void);
 /* A URL fit for logs and views (outbox_producer.c). */
 extern char *courier_redact_text(const char *url);
 
+/* Run fn(arg) in a subtransaction; false (after a WARNING) if it failed. */
+extern bool courier_run_contained(void (*fn) (void *), void *arg, const char *what);
+
 /* Errors out with a hint when shared memory is not there (not preloaded). */
 extern void courier_require_preload(const char *what);
 
