@@ -108,3 +108,11 @@ SELECT to_regclass('"App"."Mixed Case"') IS NULL AS table_gone;
 
 -- the registration is dumped by pg_dump (extension configuration table)
 SELECT 'courier.outboxes'::regclass = ANY (extconfig) AS outboxes_dumped FROM pg_extension WHERE extname = 'pg_courier';
+
+-- leave the database as we found it
+DROP PROCEDURE place_order(int);
+DROP TABLE orders;
+SELECT courier.drop_outbox('orders_outbox');
+SELECT courier.drop_outbox('app.events');
+SELECT courier.drop_outbox('"x""; DROP TABLE orders_outbox; --"');
+DROP SCHEMA app, "App";

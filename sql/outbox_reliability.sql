@@ -96,3 +96,8 @@ DROP SCHEMA shared_space;
 REVOKE ALL ON SCHEMA public FROM courier_alice, courier_bob;
 DROP ROLE courier_alice;
 DROP ROLE courier_bob;
+
+-- leave the database as we found it
+SELECT courier.drop_outbox('rel_ok');
+SELECT courier.drop_outbox('rel_tls');
+SELECT count(*) AS leftover_dead_letters FROM courier.dead_letters;
