@@ -25,13 +25,18 @@ CREATE TABLE courier.outboxes (
 );
 COMMENT ON TABLE courier.outboxes IS 'Registered outbox tables and where their events go (pg_courier)';
 SELECT pg_catalog.pg_extension_config_dump('courier.outboxes', '');
+-- The owner of an outbox is the owner of its table *now* (ALTER TABLE ... OWNER TO moves it).
+CREATE FUNCTION courier._table_owner(rel regclass) RETURNS oid
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+RETURN (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = rel);
+
 -- Each role sees and changes only the outboxes of roles it belongs to; endpoints and options may
 -- hold credentials.  The worker (a superuser) sees all.
 ALTER TABLE courier.outboxes ENABLE ROW LEVEL SECURITY;
 CREATE POLICY outboxes_owner ON courier.outboxes
-    USING (pg_catalog.pg_has_role(owner, 'USAGE'))
-    WITH CHECK (pg_catalog.pg_has_role(owner, 'USAGE')
-                AND owner = (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = outbox));
+    USING (pg_catalog.pg_has_role(courier._table_owner(outbox), 'USAGE'))
+    WITH CHECK (pg_catalog.pg_has_role(courier._table_owner(outbox), 'USAGE')
+                AND owner = courier._table_owner(outbox));
 REVOKE ALL ON courier.outboxes FROM PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON courier.outboxes TO PUBLIC;
 
@@ -108,6 +113,22 @@ RETURNS void LANGUAGE C AS 'MODULE_PATHNAME', 'courier_wake_at_commit';
 CREATE FUNCTION courier._outbox_before_insert()
 RETURNS trigger LANGUAGE C AS 'MODULE_PATHNAME', 'courier_outbox_before_insert';
 
+-- Direct writes to courier.outboxes get the same checks as create_outbox/alter_outbox: a bad
+-- value must not reach the worker (which serves every outbox of the database).
+CREATE FUNCTION courier._outboxes_check() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM courier._validate_endpoint(NEW.endpoint, NEW.format);
+    PERFORM courier._validate_options(NEW.options, NEW.format);
+    IF NEW.default_topic IS DISTINCT FROM NEW.options ->> 'topic' THEN
+        NEW.default_topic := NEW.options ->> 'topic';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER outboxes_check BEFORE INSERT OR UPDATE ON courier.outboxes
+    FOR EACH ROW EXECUTE FUNCTION courier._outboxes_check();
+
 CREATE FUNCTION courier.create_outbox(outbox text, endpoint text, format text DEFAULT 'cloudevents',
                                       options jsonb DEFAULT '{}')
 RETURNS regclass LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -178,7 +199,8 @@ BEGIN
     EXECUTE format('CREATE INDEX ON %s (key, id) WHERE attempts > 0', qname);
     EXECUTE format('CREATE TRIGGER courier_outbox_insert BEFORE INSERT ON %s
                     FOR EACH ROW EXECUTE FUNCTION courier._outbox_before_insert()', qname);
-    EXECUTE format('COMMENT ON TABLE %s IS %L', qname, 'pg_courier outbox: rows are published to ' || endpoint);
+    -- (not the endpoint: comments are readable by everyone, endpoints may hold credentials)
+    EXECUTE format('COMMENT ON TABLE %s IS %L', qname, 'pg_courier outbox (see courier.outboxes)');
 
     -- the caller owns the new table; the row-level security policy checks exactly that
     INSERT INTO courier.outboxes (outbox, endpoint, format, default_topic, options, owner)
@@ -285,9 +307,12 @@ COMMENT ON TABLE courier.dead_letters IS 'Events pg_courier could not deliver; s
 SELECT pg_catalog.pg_extension_config_dump('courier.dead_letters', '');
 SELECT pg_catalog.pg_extension_config_dump('courier.dead_letters_id_seq', '');
 ALTER TABLE courier.dead_letters ENABLE ROW LEVEL SECURITY;
-CREATE POLICY dead_letters_owner ON courier.dead_letters USING (pg_catalog.pg_has_role(owner, 'USAGE'));
+CREATE POLICY dead_letters_owner ON courier.dead_letters
+    USING (pg_catalog.pg_has_role(courier._table_owner(outbox), 'USAGE'));
 REVOKE ALL ON courier.dead_letters FROM PUBLIC;
-GRANT SELECT, DELETE ON courier.dead_letters TO PUBLIC;
+-- (INSERT: the worker moves rows here acting as the outbox's owner)
+GRANT SELECT, INSERT, DELETE ON courier.dead_letters TO PUBLIC;
+GRANT USAGE ON SEQUENCE courier.dead_letters_id_seq TO PUBLIC;
 
 -- _dead_letter_filter: the rows of one outbox's dead letters that a replay or purge acts on.
 CREATE FUNCTION courier.replay_dead_letters(outbox regclass, event_ids uuid[] DEFAULT NULL,
@@ -351,7 +376,13 @@ CREATE FUNCTION courier.breakers(
     OUT endpoint text, OUT state text, OUT consecutive_failures integer, OUT opened_at timestamptz,
     OUT opens bigint, OUT successes bigint, OUT failures bigint, OUT last_change_at timestamptz)
 RETURNS SETOF record LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'courier_breakers';
-GRANT EXECUTE ON FUNCTION courier.breakers() TO PUBLIC;
+-- every endpoint host of the cluster: for monitoring roles only
+REVOKE ALL ON FUNCTION courier.breakers() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION courier.breakers() TO pg_monitor;
+
+-- The breaker state of one endpoint (what courier.outbox_stats shows for the caller's outboxes).
+CREATE FUNCTION courier._breaker_state(endpoint text) RETURNS text
+LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'courier_breaker_state';
 
 CREATE FUNCTION courier._origin(url text)
 RETURNS text LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_origin';
@@ -441,13 +472,12 @@ SELECT o.outbox,
        COALESCE(c.requests, 0)          AS requests,
        CASE WHEN c.last_success_at > now() - interval '2 seconds' THEN round(c.delivered_per_second::numeric, 1)
             ELSE 0 END                  AS delivered_per_second,
-       COALESCE(b.state, 'closed')      AS breaker_state,
+       COALESCE(courier._breaker_state(courier._origin(o.endpoint)), 'closed') AS breaker_state,
        c.last_error,
        c.last_success_at,
        c.last_failure_at
   FROM courier.outboxes o               -- row-level security: the caller's outboxes only
   LEFT JOIN courier._worker_counters() c ON c.outbox = o.outbox::oid
-  LEFT JOIN courier.breakers() b ON b.endpoint = courier._origin(o.endpoint)
   CROSS JOIN LATERAL courier._outbox_pending(o.outbox) p;
 GRANT SELECT ON courier.outbox_stats TO PUBLIC;
 
@@ -744,7 +774,7 @@ CREATE FUNCTION courier._saga_stuck_after()
 RETURNS interval LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'courier_saga_stuck_after';
 
 -- Observability.  The views run as their owner and show the sagas of types the caller may use.
-CREATE VIEW courier.sagas AS
+CREATE VIEW courier.sagas WITH (security_barrier) AS
 SELECT i.saga_id, i.saga_type, i.version, i.status,
        t.steps -> i.current_step ->> 'name' AS current_step,
        i.data, i.results, i.errors, i.abort_reason, i.deadline,
@@ -754,7 +784,7 @@ SELECT i.saga_id, i.saga_type, i.version, i.status,
  WHERE pg_has_role(t.owner, 'USAGE');
 GRANT SELECT ON courier.sagas TO PUBLIC;
 
-CREATE VIEW courier.saga_steps AS
+CREATE VIEW courier.saga_steps WITH (security_barrier) AS
 SELECT i.saga_id, i.saga_type, s.n::integer AS step_no, s.e ->> 'name' AS step,
        CASE substr(i.step_states, s.n::integer, 1)
             WHEN 'p' THEN 'pending' WHEN 'r' THEN 'running' WHEN 's' THEN 'succeeded'
@@ -771,7 +801,7 @@ SELECT i.saga_id, i.saga_type, s.n::integer AS step_no, s.e ->> 'name' AS step,
 GRANT SELECT ON courier.saga_steps TO PUBLIC;
 
 -- Running or compensating sagas without a transition for longer than courier.saga_stuck_after.
-CREATE VIEW courier.saga_stuck AS
+CREATE VIEW courier.saga_stuck WITH (security_barrier) AS
 SELECT s.saga_id, s.saga_type, s.version, s.status, s.current_step, s.started_at, s.updated_at,
        now() - s.updated_at AS stuck_for, s.age
   FROM courier.sagas s
@@ -780,7 +810,7 @@ SELECT s.saga_id, s.saga_type, s.version, s.status, s.current_step, s.started_at
 GRANT SELECT ON courier.saga_stuck TO PUBLIC;
 
 -- Counts for dashboards: sagas per type, status and current step.
-CREATE VIEW courier.saga_stats AS
+CREATE VIEW courier.saga_stats WITH (security_barrier) AS
 SELECT s.saga_type, s.status, s.current_step, count(*) AS sagas,
        min(s.started_at) AS oldest_started_at, min(s.updated_at) AS oldest_updated_at
   FROM courier.sagas s

@@ -63,6 +63,7 @@ static const char *const state_names[] = {"closed", "open", "half-open"};
 
 PG_FUNCTION_INFO_V1(courier_breakers);
 PG_FUNCTION_INFO_V1(courier_origin);
+PG_FUNCTION_INFO_V1(courier_breaker_state);
 
 /*
  * courier_breaker_define_gucs
@@ -316,6 +317,38 @@ courier_breakers(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	PG_RETURN_VOID();
+}
+
+/*
+ * courier_breaker_state
+ *		courier._breaker_state(origin): closed / open / half-open, or NULL
+ *		when the endpoint has no breaker yet.  Looks up only the origin asked
+ *		for: the list of every endpoint is courier.breakers(), for monitors.
+ */
+Datum
+courier_breaker_state(PG_FUNCTION_ARGS)
+{
+	char	   *origin = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	BreakerState state = BREAKER_CLOSED;
+	bool		found = false;
+
+	if (breakers == NULL)
+		PG_RETURN_NULL();
+	for (int i = 0; i < COURIER_MAX_BREAKERS && !found; i++)
+	{
+		CourierBreaker *b = &breakers->entries[i];
+
+		SpinLockAcquire(&b->mutex);
+		if (b->origin[0] != '\0' && strcmp(b->origin, origin) == 0)
+		{
+			state = b->state;
+			found = true;
+		}
+		SpinLockRelease(&b->mutex);
+	}
+	if (!found)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(state_names[state]));
 }
 
 /*

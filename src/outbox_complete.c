@@ -16,6 +16,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -219,6 +220,10 @@ record_outcome(void *arg)
 {
 	OutboxState *ob = ((RecordCall *) arg)->ob;
 	Outcome    *o = ((RecordCall *) arg)->o;
+	Oid			user;
+	int			sec;
+
+	courier_become_owner(ob, &user, &sec);
 
 	if (o->nok > 0)
 	{
@@ -253,6 +258,7 @@ record_outcome(void *arg)
 		if (SPI_execute_plan(ob->dead_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not move rows to courier.dead_letters: %s", SPI_result_code_string(SPI_result));
 	}
+	SetUserIdAndSecContext(user, sec);
 }
 
 /*

@@ -24,6 +24,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -36,6 +37,22 @@ extern MemoryContext courier_worker_context;
 
 /* Even with nothing due, read every outbox from the start this often. */
 #define FULL_SCAN_INTERVAL_MS	5000
+
+/*
+ * courier_become_owner
+ *		Act as the outbox table's owner, restricted: whatever the owner
+ *		attached to the table (triggers, rules, constraints, index
+ *		expressions) must never run with the worker's superuser rights.  The
+ *		caller restores saved_user/saved_sec; an error rolls back the
+ *		(sub)transaction, which restores them too.
+ */
+void
+courier_become_owner(const OutboxState *ob, Oid *saved_user, int *saved_sec)
+{
+	GetUserIdAndSecContext(saved_user, saved_sec);
+	SetUserIdAndSecContext(ob->owner,
+						   *saved_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+}
 
 /*
  * courier_forget_outbox
@@ -134,7 +151,11 @@ courier_refresh_outboxes(List **outboxes)
 					 "  COALESCE((o.options->>'max_attempts')::int, -1), "
 					 "  COALESCE(o.options->>'on_dead_letter', 'skip') = 'block', "
 					 "  COALESCE((o.options->>'tls_verify')::boolean, true), "
-					 "  (SELECT string_agg(h.key || ': ' || h.value, E'\\n') FROM jsonb_each_text(o.options->'headers') h) "
+					 "  (SELECT string_agg(h.key || ': ' || h.value, E'\\n') FROM jsonb_each_text(o.options->'headers') h "
+					 "    WHERE h.key ~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' AND h.value !~ '[\\r\\n]' "
+					 "      AND lower(h.key) NOT IN ('content-type', 'content-length', 'host', 'idempotency-key', "
+					 "                               'transfer-encoding', 'connection', 'expect')), "
+					 "  c.relowner "
 					 "FROM courier.outboxes o JOIN pg_class c ON c.oid = o.outbox "
 					 "JOIN pg_namespace n ON n.oid = c.relnamespace", true, 0);
 	if (rc != SPI_OK_SELECT)
@@ -201,6 +222,7 @@ courier_refresh_outboxes(List **outboxes)
 		set_static_headers(ob, state_text(tup, desc, 18, ob->cxt));
 		ob->origin = MemoryContextStrdup(ob->cxt, courier_origin_text(ob->endpoint));
 		ob->breaker = courier_breaker_for(ob->origin);
+		ob->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 19, &isnull));
 	}
 
 	foreach(lc, *outboxes)

@@ -333,6 +333,13 @@ courier_redact_text(const char *url)
 		curl_free(q);
 		q = NULL;
 	}
+	else if (curl_url_get(u, CURLUPART_USER, &q, 0) == CURLUE_OK)
+	{
+		/* a user without a password is often a token (https://TOKEN@host) */
+		curl_url_set(u, CURLUPART_USER, "redacted", 0);
+		curl_free(q);
+		q = NULL;
+	}
 	if (curl_url_get(u, CURLUPART_QUERY, &q, 0) == CURLUE_OK)
 	{
 		/* query strings often carry tokens: keep names, drop values */

@@ -728,6 +728,7 @@ courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 retri
 /* ---- SQL-callable readers of the shared state ---- */
 
 #include "funcapi.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 
 PG_FUNCTION_INFO_V1(courier_worker_counters);
@@ -756,6 +757,13 @@ courier_worker_counters(PG_FUNCTION_ARGS)
 		SpinLockRelease(&shared->counters[i].mutex);
 		if (c.relid == InvalidOid || c.dboid != MyDatabaseId)
 			continue;
+		/* another role's outbox: its errors may quote what its endpoint answered */
+		{
+			bool		missing = false;
+
+			if (pg_class_aclcheck_ext(c.relid, GetUserId(), ACL_SELECT, &missing) != ACLCHECK_OK || missing)
+				continue;
+		}
 		values[0] = ObjectIdGetDatum(c.relid);
 		values[1] = Int64GetDatum((int64) c.delivered);
 		values[2] = Int64GetDatum((int64) c.failed_attempts);

@@ -73,8 +73,12 @@ static void
 dispatch_call(void *arg)
 {
 	DispatchCall *c = arg;
+	Oid			user;
+	int			sec;
 
+	courier_become_owner(c->ob, &user, &sec);
 	c->more = courier_dispatch(c->ob, c->holds);
+	SetUserIdAndSecContext(user, sec);
 }
 
 /*
@@ -323,6 +327,8 @@ courier_worker_main(Datum arg)
 	before_shmem_exit(detach_worker, (Datum) 0);
 
 	apply_ack_mode();
+	/* nothing a user can create in a schema on the default path may resolve our SQL */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	/* our statements are simple index scans: plan them once, not per execution */
 	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_USERSET, PGC_S_OVERRIDE);
 	courier_worker_context = AllocSetContextCreate(TopMemoryContext, "pg_courier worker",

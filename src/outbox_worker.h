@@ -66,6 +66,7 @@ typedef struct OutboxState
 	int			nstatic_headers;
 	char	   *origin;			/* scheme://host:port: the breaker's identity */
 	CourierBreaker *breaker;
+	Oid			owner;			/* the table's owner: its statements run as this role */
 
 	int			inflight;		/* requests in flight */
 	int64		cursor;			/* rows with id <= cursor were dealt with */
@@ -147,5 +148,6 @@ extern bool courier_dispatch_possible(OutboxState *ob);
 extern bool courier_dispatch(OutboxState *ob, const CourierHoldSet *holds);
 extern void courier_complete(List *finished);
 extern void courier_forget_outbox(OutboxState *ob);
+extern void courier_become_owner(const OutboxState *ob, Oid *saved_user, int *saved_sec);
 
 #endif							/* OUTBOX_WORKER_H */

@@ -19,6 +19,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -51,6 +52,7 @@ static SPIPlanPtr plan_load = NULL;
 static SPIPlanPtr plan_store = NULL;
 static SPIPlanPtr plan_insert = NULL;
 static SPIPlanPtr plan_send = NULL;
+static SPIPlanPtr plan_send_write = NULL;
 static SPIPlanPtr plan_def = NULL;
 static SPIPlanPtr plan_latest = NULL;
 
@@ -426,16 +428,18 @@ saga_store(SagaInstance *inst, Datum result, Datum abort_reason, bool has_abort_
 bool
 saga_insert(SagaInstance *inst, Datum data)
 {
-	Datum		args[7];
+	Datum		args[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 	if (plan_insert == NULL)
 	{
-		Oid			types[7] = {UUIDOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, INT4ARRAYOID, JSONBOID};
+		Oid			types[8] = {UUIDOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, INT4ARRAYOID, JSONBOID, TIMESTAMPTZOID};
 
+		/* (the deadline: with an outbox, writing the first command already started step 1) */
 		plan_insert = prepare("INSERT INTO courier.saga_instances"
-							  " (saga_id, saga_type, version, status, step_states, attempts, current_step, data)"
-							  " VALUES ($1, $2, $3, $4, $5, $6, 0, $7) ON CONFLICT (saga_id) DO NOTHING",
-							  7, types);
+							  " (saga_id, saga_type, version, status, step_states, attempts, current_step, data, deadline)"
+							  " VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8) ON CONFLICT (saga_id) DO NOTHING",
+							  8, types);
 	}
 	args[0] = UUIDPGetDatum(&inst->id);
 	args[1] = CStringGetTextDatum(inst->def->saga_type);
@@ -444,7 +448,9 @@ saga_insert(SagaInstance *inst, Datum data)
 	args[4] = CStringGetTextDatum(inst->states);
 	args[5] = attempts_array(inst);
 	args[6] = data;
-	if (SPI_execute_plan(plan_insert, args, NULL, false, 0) != SPI_OK_INSERT)
+	args[7] = TimestampTzGetDatum(inst->deadline);
+	nulls[7] = inst->has_deadline ? ' ' : 'n';
+	if (SPI_execute_plan(plan_insert, args, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "pg_courier: inserting saga failed");
 	return SPI_processed == 1;
 }
@@ -470,15 +476,18 @@ saga_send_command(SagaInstance *inst)
 	{
 		Oid			types[6] = {UUIDOID, OIDOID, TEXTOID, TEXTOID, INT4OID, TEXTOID};
 
-		plan_send = prepare("SELECT courier.send($2::pg_catalog.regclass,"
-							" pg_catalog.jsonb_build_object('saga_id', i.saga_id, 'saga_type', i.saga_type,"
+		/* the command's contents, read as the saga tables' owner */
+		plan_send = prepare("SELECT pg_catalog.jsonb_build_object('saga_id', i.saga_id, 'saga_type', i.saga_type,"
 							"   'version', i.version, 'step', $3, 'action', $6, 'compensation', $4,"
 							"   'attempt', $5, 'data', i.data, 'results', i.results),"
 							" i.saga_id::pg_catalog.text,"
 							" i.saga_type OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) $3"
-							"   OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) $6)"
+							"   OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) $6"
 							" FROM courier.saga_instances i WHERE i.saga_id OPERATOR(pg_catalog.=) $1",
 							6, types);
+		/* the write into the outbox, as the saga type's owner (see below) */
+		plan_send_write = prepare("SELECT courier.send($1::pg_catalog.regclass, $2, $3, $4)", 4,
+							  (Oid[]) {OIDOID, JSONBOID, TEXTOID, TEXTOID});
 	}
 	s = &inst->def->steps[inst->command_step];
 	topic = inst->command_compensate ? "compensate" : "execute";
@@ -494,5 +503,30 @@ saga_send_command(SagaInstance *inst)
 	nulls[4] = inst->command_compensate ? 'n' : ' ';
 	args[5] = CStringGetTextDatum(topic);
 	if (SPI_execute_plan(plan_send, args, nulls, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "pg_courier: writing the saga command failed");
+		elog(ERROR, "pg_courier: reading the saga command failed");
+	{
+		bool		isnull;
+		Datum		ins[4];
+		Oid			saved_user;
+		int			saved_sec;
+
+		ins[0] = ObjectIdGetDatum(inst->def->outbox);
+		ins[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		ins[2] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		ins[3] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+
+		/*
+		 * The outbox is a table of the saga type's owner: whatever runs when a
+		 * row is inserted there (its triggers, defaults, constraints) must run
+		 * with that role's rights, never ours, and restricted as autovacuum and
+		 * REFRESH MATERIALIZED VIEW restrict code they run on users' behalf.
+		 * An error rolls the transaction back, which restores the user id.
+		 */
+		GetUserIdAndSecContext(&saved_user, &saved_sec);
+		SetUserIdAndSecContext(inst->def->owner,
+							   saved_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+		if (SPI_execute_plan(plan_send_write, ins, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "pg_courier: writing the saga command failed");
+		SetUserIdAndSecContext(saved_user, saved_sec);
+	}
 }

@@ -101,9 +101,9 @@ map_load_entries(MapEntry *map, Datum name, MemoryContext cxt)
 	Datum		values[1] = {name};
 
 	courier_shard_cache_query(map->is_range ?
-							  "SELECT lower(r.keys), upper(r.keys), r.target FROM courier.map_ranges r "
-							  "WHERE r.map = $1 ORDER BY lower(r.keys) NULLS FIRST" :
-							  "SELECT k.key, k.target FROM courier.map_keys k WHERE k.map = $1",
+							  "SELECT pg_catalog.lower(r.keys), pg_catalog.upper(r.keys), r.target FROM courier.map_ranges r "
+							  "WHERE r.map OPERATOR(pg_catalog.=) $1 ORDER BY pg_catalog.lower(r.keys) NULLS FIRST" :
+							  "SELECT k.key, k.target FROM courier.map_keys k WHERE k.map OPERATOR(pg_catalog.=) $1",
 							  1, argtypes, values);
 	map->n = (int) SPI_processed;
 	map->target = MemoryContextAlloc(cxt, sizeof(text *) * Max(map->n, 1));
@@ -165,7 +165,7 @@ map_load(const char *name, MemoryContext cxt)
 	Datum		d;
 
 	SPI_connect();
-	courier_shard_cache_query("SELECT m.kind, m.default_target FROM courier.maps m WHERE m.name = $1",
+	courier_shard_cache_query("SELECT m.kind, m.default_target FROM courier.maps m WHERE m.name OPERATOR(pg_catalog.=) $1",
 							  1, argtypes, values);
 	if (SPI_processed == 0)
 		ereport(ERROR,

@@ -97,7 +97,7 @@ ring_load(const char *name, MemoryContext cxt)
 
 	SPI_connect();
 	courier_shard_cache_query("SELECT p.pos, p.node FROM courier.ring_points p "
-							  "WHERE p.ring = $1 ORDER BY p.pos",
+							  "WHERE p.ring OPERATOR(pg_catalog.=) $1 ORDER BY p.pos",
 							  1, argtypes, values);
 	if (SPI_processed == 0)
 		ereport(ERROR,
