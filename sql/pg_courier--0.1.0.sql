@@ -355,6 +355,9 @@ BEGIN
        AND (older_than IS NULL OR d.last_failed_at < now() - older_than)
        AND (event_ids IS NULL OR d.event_id = ANY (event_ids));
     GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM courier._wake_at_commit();   -- keys blocked by these dead letters may go on
+    END IF;
     RETURN n;
 END
 $$;

@@ -30,6 +30,8 @@ static CURL *free_easy[64];
 static int	nfree_easy = 0;
 /* requests that failed before reaching libcurl, reported by next_done */
 static List *failed_early = NIL;
+/* every request handed to libcurl and not released yet */
+static List *active = NIL;
 
 /*
  * courier_http_init
@@ -185,6 +187,9 @@ courier_http_post(const CourierHttpOptions *o, void *owner)
 	curl_easy_setopt(easy, CURLOPT_HEADERDATA, req);
 	curl_easy_setopt(easy, CURLOPT_PRIVATE, req);
 	req->easy = easy;
+	old = MemoryContextSwitchTo(http_context);
+	active = lappend(active, req);
+	MemoryContextSwitchTo(old);
 
 	if (curl_multi_add_handle(multi, easy) != CURLM_OK)
 	{
@@ -264,6 +269,7 @@ courier_http_release(CourierHttpRequest *req)
 {
 	CURL	   *easy = req->easy;
 
+	active = list_delete_ptr(active, req);
 	if (easy)
 	{
 		curl_multi_remove_handle(multi, easy);
@@ -275,6 +281,20 @@ courier_http_release(CourierHttpRequest *req)
 	curl_slist_free_all(req->headers);
 	pfree(req->response.data);
 	pfree(req);
+}
+
+/*
+ * courier_http_abandon_all
+ *		Drop every request that is not released yet, finished or not (error
+ *		recovery: their owners' memory is about to go).
+ */
+void
+courier_http_abandon_all(void)
+{
+	while (active != NIL)
+		courier_http_release(linitial(active));
+	list_free(failed_early);
+	failed_early = NIL;
 }
 
 /*

@@ -223,6 +223,9 @@ record_outcome(void *arg)
 	Oid			user;
 	int			sec;
 
+	/* (statements dropped after an error or a rename while requests were out) */
+	if (ob->delete_plan == NULL)
+		courier_make_plans(ob);
 	courier_become_owner(ob, &user, &sec);
 
 	if (o->nok > 0)
@@ -335,6 +338,8 @@ courier_complete(List *finished)
 		int			rows = 0;
 		Outcome		o;
 
+		int			first = i;
+
 		while (end < list_length(finished) && ((Delivery *) list_nth(finished, end))->ob == ob)
 			rows += ((Delivery *) list_nth(finished, end++))->nrows;
 		outcome_init(&o, rows);
@@ -354,7 +359,6 @@ courier_complete(List *finished)
 									 d->req->status == 429 || d->req->status >= 500),
 								   d->probe);
 		}
-		if (ob->delete_plan != NULL)
 		{
 			RecordCall	call = {ob, &o};
 
@@ -362,7 +366,16 @@ courier_complete(List *finished)
 									   psprintf("could not record delivery results for outbox %s "
 												"(the rows stay pending and will be sent again)", ob->qname)))
 			{
-				/* they are behind the cursor and maybe parked: read everything again */
+				/*
+				 * Nothing was written: forget the outcomes (keys are neither
+				 * blocked nor unblocked by them) and read everything again.
+				 */
+				for (int j = first; j < end; j++)
+				{
+					Delivery   *d = list_nth(finished, j);
+
+					memset(d->result, 0, d->maxrows);
+				}
 				ob->rescan = true;
 				ob->rescan_at = 0;
 			}

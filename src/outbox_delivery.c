@@ -35,8 +35,9 @@
 
 extern MemoryContext courier_worker_context;
 
-/* Even with nothing due, read every outbox from the start this often. */
-#define FULL_SCAN_INTERVAL_MS	5000
+/* Read an outbox from the start after this long without new rows, and at least this often. */
+#define FULL_SCAN_INTERVAL_MS		5000
+#define FULL_SCAN_MAX_INTERVAL_MS	60000
 
 /*
  * courier_become_owner
@@ -78,6 +79,7 @@ new_state(Oid relid)
 
 	ob->relid = relid;
 	ob->cxt = AllocSetContextCreate(courier_worker_context, "pg_courier outbox", ALLOCSET_SMALL_SIZES);
+	ob->settings = AllocSetContextCreate(ob->cxt, "pg_courier outbox settings", ALLOCSET_SMALL_SIZES);
 	ctl.keysize = sizeof(uint32);
 	ctl.entrysize = sizeof(uint32) + sizeof(int);
 	ctl.hcxt = ob->cxt;
@@ -119,7 +121,7 @@ set_static_headers(OutboxState *ob, char *lines)
 	ob->nstatic_headers = 0;
 	if (lines == NULL)
 		return;
-	ob->static_headers = MemoryContextAlloc(ob->cxt, sizeof(char *) * 32);
+	ob->static_headers = MemoryContextAlloc(ob->settings, sizeof(char *) * 32);
 	for (line = strtok_r(lines, "\n", &save); line && ob->nstatic_headers < 32; line = strtok_r(NULL, "\n", &save))
 		ob->static_headers[ob->nstatic_headers++] = line;
 }
@@ -186,29 +188,28 @@ courier_refresh_outboxes(List **outboxes)
 		}
 		ob->seen = true;
 
-		qname = state_text(tup, desc, 2, ob->cxt);
-		topic = state_text(tup, desc, 5, ob->cxt);
+		qname = state_text(tup, desc, 2, CurrentMemoryContext);
 		if (ob->qname == NULL || strcmp(ob->qname, qname) != 0)
 		{
 			/* renamed (or new): statements must be prepared again */
 			courier_free_plans(ob);
 		}
-		ob->qname = qname;
+		/* the settings are copied afresh each time: their memory is reset first */
+		MemoryContextReset(ob->settings);
+		ob->qname = MemoryContextStrdup(ob->settings, qname);
+		topic = state_text(tup, desc, 5, ob->settings);
 		ob->default_topic = topic;
-		if (ob->endpoint == NULL || strcmp(ob->endpoint, state_text(tup, desc, 3, ob->cxt)) != 0)
-		{
-			ob->endpoint = state_text(tup, desc, 3, ob->cxt);
-			ob->endpoint_shown = MemoryContextStrdup(ob->cxt, courier_redact_text(ob->endpoint));
-		}
-		format = state_text(tup, desc, 4, ob->cxt);
+		ob->endpoint = state_text(tup, desc, 3, ob->settings);
+		ob->endpoint_shown = MemoryContextStrdup(ob->settings, courier_redact_text(ob->endpoint));
+		format = state_text(tup, desc, 4, CurrentMemoryContext);
 		ob->format = strcmp(format, "kafka_rest_v2") == 0 ? COURIER_FORMAT_KAFKA_REST_V2 : COURIER_FORMAT_CLOUDEVENTS;
 		ob->enabled = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
 		ob->ce_batch = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 		ob->batch_size = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
 		ob->max_inflight = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
 		ob->timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
-		ob->source = state_text(tup, desc, 11, ob->cxt);
-		ob->kafka_envelope = strcmp(state_text(tup, desc, 12, ob->cxt), "none") != 0;
+		ob->source = state_text(tup, desc, 11, ob->settings);
+		ob->kafka_envelope = strcmp(state_text(tup, desc, 12, CurrentMemoryContext), "none") != 0;
 		ob->retry_base_ms = DatumGetInt32(SPI_getbinval(tup, desc, 13, &isnull));
 		ob->retry_max_ms = DatumGetInt32(SPI_getbinval(tup, desc, 14, &isnull));
 		ob->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 15, &isnull));
@@ -219,8 +220,8 @@ courier_refresh_outboxes(List **outboxes)
 			ereport(WARNING,
 					(errmsg("pg_courier: TLS certificate verification is disabled for outbox %s", ob->qname)));
 		ob->tls_verify = DatumGetBool(SPI_getbinval(tup, desc, 17, &isnull));
-		set_static_headers(ob, state_text(tup, desc, 18, ob->cxt));
-		ob->origin = MemoryContextStrdup(ob->cxt, courier_origin_text(ob->endpoint));
+		set_static_headers(ob, state_text(tup, desc, 18, ob->settings));
+		ob->origin = MemoryContextStrdup(ob->settings, courier_origin_text(ob->endpoint));
 		ob->breaker = courier_breaker_for(ob->origin);
 		ob->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 19, &isnull));
 	}
@@ -426,29 +427,38 @@ open_delivery_for(OutboxState *ob, List **open, const OutboxRow *r, int *budget)
 }
 
 /*
- * fail_unsendable
- *		Record a failed attempt for a row that cannot be sent as it is, so
- *		that it waits for its retry instead of spinning.
+ * dead_letter_unsendable
+ *		Rows that cannot be sent as they are (an invalid Kafka topic name)
+ *		go to the dead letters at once: no retry can help them.  Called after
+ *		a read's rows were taken (it runs a statement of its own).
  */
 static void
-fail_unsendable(OutboxState *ob, int64 id, const char *why)
+dead_letter_unsendable(OutboxState *ob, List *ids, const char *why)
 {
-	Datum		args[6];
-	Datum		v;
+	int			n = list_length(ids);
+	Datum	   *id = palloc(sizeof(Datum) * n);
+	Datum	   *status = palloc(sizeof(Datum) * n);
+	Datum	   *err = palloc(sizeof(Datum) * n);
+	Datum		args[5];
+	ListCell   *lc;
+	int			i = 0;
 
-	v = Int64GetDatum(id);
-	args[0] = PointerGetDatum(construct_array(&v, 1, INT8OID, 8, true, TYPALIGN_DOUBLE));
-	v = Int32GetDatum(0);
-	args[1] = PointerGetDatum(construct_array(&v, 1, INT4OID, 4, true, TYPALIGN_INT));
-	v = CStringGetTextDatum(why);
-	args[2] = PointerGetDatum(construct_array(&v, 1, TEXTOID, -1, false, TYPALIGN_INT));
-	v = Int64GetDatum(-1);
-	args[3] = PointerGetDatum(construct_array(&v, 1, INT8OID, 8, true, TYPALIGN_DOUBLE));
-	args[4] = Float8GetDatum(ob->retry_base_ms > 0 ? ob->retry_base_ms : courier_retry_base_ms);
-	args[5] = Float8GetDatum(ob->retry_max_ms > 0 ? ob->retry_max_ms : courier_retry_max_ms);
-	if (SPI_execute_plan(ob->fail_plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "pg_courier: could not record a failed attempt in %s", ob->qname);
-	courier_counters_record(ob->counters, 0, 1, 0, why);
+	if (n == 0)
+		return;
+	foreach(lc, ids)
+	{
+		id[i] = Int64GetDatum(*(int64 *) lfirst(lc));
+		status[i] = Int32GetDatum(0);
+		err[i++] = CStringGetTextDatum(why);
+	}
+	args[0] = PointerGetDatum(construct_array(id, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	args[1] = PointerGetDatum(construct_array(status, n, INT4OID, 4, true, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(err, n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[3] = ObjectIdGetDatum(ob->relid);
+	args[4] = BoolGetDatum(ob->block_on_dead);
+	if (SPI_execute_plan(ob->dead_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "pg_courier: could not move rows of %s to courier.dead_letters", ob->qname);
+	courier_counters_record(ob->counters, 0, 0, n, why);
 }
 
 /*
@@ -477,13 +487,13 @@ typedef struct DispatchPass
 {
 	OutboxState *ob;
 	const CourierHoldSet *holds;
-	List	   *open;			/* batched requests still filling */
 	int			budget;			/* requests we may still start */
 	bool		probe;			/* the breaker allows a single probe */
 	bool		stopped;		/* budget exhausted */
 	int			started;		/* rows put into requests */
 	HTAB	   *held_keys;		/* keys held back in this pass */
 	int64		first_held;		/* the cursor must stay below this */
+	List	   *unsendable;		/* ids of rows that can never be sent */
 } DispatchPass;
 
 /*
@@ -547,10 +557,13 @@ take_row(DispatchPass *dp, OutboxRow *r)
 	}
 	if (ob->format == COURIER_FORMAT_KAFKA_REST_V2 && !courier_valid_kafka_topic(r->topic))
 	{
-		fail_unsendable(ob, r->id, "invalid Kafka topic name");
+		int64	   *id = palloc(sizeof(int64));
+
+		*id = r->id;
+		dp->unsendable = lappend(dp->unsendable, id);
 		return true;
 	}
-	d = open_delivery_for(ob, &dp->open, r, &dp->budget);
+	d = open_delivery_for(ob, &ob->open, r, &dp->budget);
 	if (d == NULL)
 	{
 		dp->stopped = true;
@@ -566,7 +579,7 @@ take_row(DispatchPass *dp, OutboxRow *r)
 	dp->started++;
 	if (!OB_BATCHED(ob))
 	{
-		dp->open = list_delete_ptr(dp->open, d);
+		ob->open = list_delete_ptr(ob->open, d);
 		start_delivery(d);
 	}
 	return true;
@@ -582,14 +595,17 @@ take_rows(DispatchPass *dp, SPIPlanPtr plan, Datum *args, int64 *last)
 {
 	uint64		n;
 
+	SPITupleTable *rows;
+
 	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "pg_courier: could not read outbox %s", dp->ob->qname);
 	n = SPI_processed;
+	rows = SPI_tuptable;		/* ours, whatever other statements run meanwhile */
 	for (uint64 i = 0; i < n; i++)
 	{
 		OutboxRow	r;
 
-		read_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &r);
+		read_row(rows->vals[i], rows->tupdesc, &r);
 		if (!take_row(dp, &r))
 			break;
 		*last = r.id;
@@ -614,6 +630,7 @@ take_parked(DispatchPass *dp, int limit)
 	Datum		args[2];
 	int			n = courier_take_ready(ob, ids, keys, limit);
 	uint64		returned;
+	SPITupleTable *rows;
 
 	if (n == 0)
 		return;
@@ -624,23 +641,32 @@ take_parked(DispatchPass *dp, int limit)
 	if (SPI_execute_plan(ob->ids_plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "pg_courier: could not read outbox %s", ob->qname);
 	returned = SPI_processed;
+	rows = SPI_tuptable;
 	for (uint64 i = 0; i < returned; i++)
 	{
 		OutboxRow	r;
+		uint32		keyhash;
 
-		read_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &r);
-		if (dp->stopped || !take_row(dp, &r))
+		read_row(rows->vals[i], rows->tupdesc, &r);
+		if (r.key == NULL)
 		{
-			/* out of budget: back to the front of its queue */
-			uint32		keyhash = courier_key_hash(r.key, strlen(r.key));
-
-			if (!courier_park(ob, keyhash, r.id))
-				hold_row(dp, r.id, keyhash);
+			/* its key was removed meanwhile: it waits for nothing now */
+			if (!dp->stopped)
+				(void) take_row(dp, &r);
+			continue;
 		}
+		keyhash = courier_key_hash(r.key, strlen(r.key));
+		if (!dp->stopped && take_row(dp, &r) &&
+			(hash_search(ob->inflight_ids, &r.id, HASH_FIND, NULL) || courier_parked_before(ob, keyhash, r.id + 1)))
+			continue;			/* sent, or queued again behind its key */
+		/* out of budget, or held back: back to the front of its queue */
+		if (!courier_park(ob, keyhash, r.id))
+			hold_row(dp, r.id, keyhash);
 	}
 	/* keys whose row went out are busy now; the others may go on with their next row */
 	for (int i = 0; i < n; i++)
-		if (!hash_search(ob->busy_keys, &keys[i], HASH_FIND, NULL) && !courier_key_blocked(ob, keys[i]))
+		if (!hash_search(ob->busy_keys, &keys[i], HASH_FIND, NULL) && !courier_key_blocked(ob, keys[i]) &&
+			!(dp->held_keys && hash_search(dp->held_keys, &keys[i], HASH_FIND, NULL)))
 			courier_key_ready(ob, keys[i]);
 }
 
@@ -678,7 +704,8 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	ListCell   *lc;
 	int			admitted;
 	int			limit;
-	int64		last = ob->cursor;
+	int64		last;
+	int64		cursor_before = ob->cursor;
 	uint64		n = 0;
 
 	dp.ob = ob;
@@ -697,23 +724,27 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 		dp.budget = 1;
 		dp.probe = true;
 	}
+	if (ob->fetch_plan == NULL)
+		courier_make_plans(ob);
 
 	/*
-	 * A read from the start: on request (rows with explicit ids arrived,
-	 * an error), and as a safety net when the outbox has been quiet.  It
-	 * meets every waiting row again, so parking starts afresh.
+	 * A read from the start: on request (rows with explicit ids arrived, an
+	 * error), when the outbox has been quiet for a while, and at least once
+	 * a minute.  It meets every waiting row again, so parking starts afresh,
+	 * and it looks up when the next failed row is due.
 	 */
 	if ((ob->rescan && now >= ob->rescan_at) ||
+		TimestampDifferenceExceeds(ob->last_full_scan, now, FULL_SCAN_MAX_INTERVAL_MS) ||
 		(TimestampDifferenceExceeds(ob->last_full_scan, now, FULL_SCAN_INTERVAL_MS) &&
 		 TimestampDifferenceExceeds(ob->last_fresh_rows, now, FULL_SCAN_INTERVAL_MS)))
 	{
-		ob->cursor = last = 0;
+		ob->cursor = cursor_before = 0;
 		ob->rescan = false;
 		ob->last_full_scan = now;
 		courier_parking_clear(ob);
+		ob->retry_at = next_retry_at(ob);
 	}
-	if (ob->fetch_plan == NULL)
-		courier_make_plans(ob);
+	last = ob->cursor;
 
 	limit = Min((OB_BATCHED(ob) && !dp.probe ? OB_BATCH(ob) : 1) * dp.budget, 100000);
 	args[1] = Int32GetDatum(limit);
@@ -741,11 +772,13 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 		ob->last_read = now;
 	}
 
-	foreach(lc, dp.open)
+	foreach(lc, ob->open)
 		start_delivery(lfirst(lc));
-	list_free(dp.open);
+	list_free(ob->open);
+	ob->open = NIL;
 	if (dp.probe && dp.started == 0)
 		courier_breaker_release_probe(ob->breaker);
+	dead_letter_unsendable(ob, dp.unsendable, "invalid Kafka topic name");
 
 	/*
 	 * Advance the cursor over what this pass took, but never past a held
@@ -754,7 +787,48 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	 */
 	ob->cursor = Min(last, dp.first_held - 1);
 	ob->cursor = Min(ob->cursor, courier_hold_horizon(holds, ob->relid) - 1);
-	/* (held rows are read again when their transactions' commits count) */
-	ob->more = dp.stopped || n == (uint64) limit || ob->nready > 0;
+
+	/*
+	 * More waiting: only when this pass got somewhere (rows held behind open
+	 * transactions come back when those commit: their commits count).
+	 */
+	ob->more = ((dp.stopped || n == (uint64) limit) && (dp.started > 0 || ob->cursor > cursor_before)) ||
+		ob->nready > 0;
 	return ob->more;
+}
+
+/*
+ * courier_dispatch_abort
+ *		A dispatch failed half-way: undo the requests it had not started yet
+ *		and read the outbox again from the start (parked rows it had taken
+ *		out of their queues are found again that way).
+ */
+void
+courier_dispatch_abort(OutboxState *ob)
+{
+	ListCell   *lc;
+
+	foreach(lc, ob->open)
+	{
+		Delivery   *d = lfirst(lc);
+
+		for (int i = 0; i < d->nrows; i++)
+		{
+			hash_search(ob->inflight_ids, &d->ids[i], HASH_REMOVE, NULL);
+			if (d->haskey[i])
+			{
+				int		   *count = hash_search(ob->busy_keys, &d->keyhashes[i], HASH_FIND, NULL);
+
+				if (count && --count[1] <= 0)
+					hash_search(ob->busy_keys, &d->keyhashes[i], HASH_REMOVE, NULL);
+			}
+		}
+		if (d->probe)
+			courier_breaker_release_probe(ob->breaker);
+		MemoryContextDelete(d->cxt);
+	}
+	list_free(ob->open);
+	ob->open = NIL;
+	ob->rescan = true;
+	ob->rescan_at = 0;
 }

@@ -64,6 +64,30 @@ courier_parking_init(OutboxState *ob)
 }
 
 /*
+ * parked_has
+ *		Is id in the key's queue?  (Binary search: the queue is in id order.)
+ */
+static bool
+parked_has(const ParkedKey *p, int64 id)
+{
+	int			lo = p->head;
+	int			hi = p->n - 1;
+
+	while (lo <= hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+
+		if (p->ids[mid] == id)
+			return true;
+		if (p->ids[mid] < id)
+			lo = mid + 1;
+		else
+			hi = mid - 1;
+	}
+	return false;
+}
+
+/*
  * courier_park
  *		Queue id behind its key.  Returns false when the outbox's parking is
  *		full (the caller must then make sure the row is read again).
@@ -84,6 +108,8 @@ courier_park(OutboxState *ob, uint32 keyhash, int64 id)
 		p->ids = MemoryContextAlloc(ob->cxt, sizeof(int64) * p->cap);
 		p->ready = false;
 	}
+	else if (parked_has(p, id))
+		return true;			/* read again (the cursor went back): queued already */
 	if (p->head > 0 && p->head >= p->n / 2)
 	{
 		/* compact: the popped front is dead space */
@@ -171,7 +197,10 @@ courier_take_ready(OutboxState *ob, int64 *ids, uint32 *keys, int max)
 		ids[n++] = p->ids[p->head++];
 		ob->nparked--;
 		if (p->n == p->head)
+		{
+			pfree(p->ids);
 			hash_search(ob->parked, &p->keyhash, HASH_REMOVE, NULL);
+		}
 	}
 	memmove(ob->ready, ob->ready + i, sizeof(uint32) * (ob->nready - i));
 	ob->nready -= i;

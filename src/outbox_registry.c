@@ -341,7 +341,7 @@ wake_worker(void)
 	w = &shared->workers[cached_worker_index];
 	/* rows may have landed behind the worker's read cursor */
 	if (xact_gave_ids || xact_outboxes_overflow)
-		pg_atomic_write_u32(&w->rescan, 1);
+		pg_atomic_exchange_u32(&w->rescan, 1);	/* (a barrier: before the wake flag) */
 
 	/*
 	 * One wake-up per worker loop is enough: the worker clears the flag

@@ -28,6 +28,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/pmsignal.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
@@ -96,6 +97,7 @@ dispatch_one(OutboxState *ob, const CourierHoldSet *holds)
 	if (!courier_run_contained(dispatch_call, &c, psprintf("could not read outbox %s", ob->qname)))
 	{
 		courier_counters_record(ob->counters, 0, 0, 0, NULL);
+		courier_dispatch_abort(ob);
 		/* statements may refer to a dropped or altered table: prepare them again */
 		courier_free_plans(ob);
 		return false;
@@ -113,12 +115,17 @@ static void
 forget_all_outboxes(void)
 {
 	CourierHttpRequest *req;
+	ListCell   *lc;
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), courier_http_timeout_ms + 1000);
 
 	while (courier_http_poll(50) > 0 && GetCurrentTimestamp() < deadline)
 		CHECK_FOR_INTERRUPTS();
 	while ((req = courier_http_next_done()) != NULL)
 		courier_http_release(req);
+	/* requests still running (a long per-outbox timeout) are dropped before their bodies are freed */
+	courier_http_abandon_all();
+	foreach(lc, outboxes)
+		courier_free_plans(lfirst(lc));
 	/* deliveries live in child contexts of the worker context */
 	list_free(outboxes);
 	outboxes = NIL;
@@ -139,6 +146,7 @@ delivery_round(void)
 	bool		more = false;
 	bool		rescan = courier_worker_take_rescan();
 	bool		any = false;
+	int			n_before;
 	TimestampTz now = GetCurrentTimestamp();
 
 	/* nothing could be sent and nothing new to read: no transaction at all */
@@ -149,6 +157,7 @@ delivery_round(void)
 		ob->wanted = courier_dispatch_possible(ob);
 		any |= ob->wanted;
 	}
+	n_before = list_length(outboxes);
 	if (!any && !rescan && last_refresh != 0 &&
 		!TimestampDifferenceExceeds(last_refresh, now, REFRESH_INTERVAL_MS))
 		return false;
@@ -174,6 +183,9 @@ delivery_round(void)
 	{
 		courier_refresh_outboxes(&outboxes);
 		last_refresh = now;
+		/* outboxes seen for the first time are read in this round already */
+		for_each_from(lc, outboxes, n_before)
+			((OutboxState *) lfirst(lc))->wanted = ((OutboxState *) lfirst(lc))->enabled;
 	}
 	if (rescan)
 	{
@@ -181,6 +193,7 @@ delivery_round(void)
 		{
 			((OutboxState *) lfirst(lc))->rescan = true;
 			((OutboxState *) lfirst(lc))->rescan_at = 0;
+			((OutboxState *) lfirst(lc))->wanted = ((OutboxState *) lfirst(lc))->enabled;
 		}
 	}
 	foreach(lc, outboxes)
@@ -213,6 +226,35 @@ collect_finished(void)
 }
 
 /*
+ * can_send
+ *		Could the outbox send now?  Timers of outboxes that cannot (paused,
+ *		breaker open, no budget) must not keep the worker awake.
+ */
+static bool
+can_send(OutboxState *ob, TimestampTz now)
+{
+	TimestampTz reopen = courier_breaker_next_change(ob->breaker);
+
+	return ob->enabled && ob->inflight < (ob->max_inflight > 0 ? ob->max_inflight : courier_max_inflight) &&
+		(reopen == 0 || now >= reopen);
+}
+
+/*
+ * in_flight
+ *		Requests in flight, over all outboxes.
+ */
+static int
+in_flight(void)
+{
+	ListCell   *lc;
+	int			n = 0;
+
+	foreach(lc, outboxes)
+		n += ((OutboxState *) lfirst(lc))->inflight;
+	return n;
+}
+
+/*
  * timer_due
  *		Is a rescan, a retry or the fallback poll due?
  */
@@ -226,8 +268,10 @@ timer_due(TimestampTz now)
 	foreach(lc, outboxes)
 	{
 		OutboxState *ob = lfirst(lc);
-
 		TimestampTz breaker = courier_breaker_next_change(ob->breaker);
+
+		if (!can_send(ob, now) && !(breaker != 0 && now >= breaker))
+			continue;
 
 		if ((ob->rescan && now >= ob->rescan_at) || (ob->retry_at != 0 && now >= ob->retry_at) ||
 			(breaker != 0 && now >= breaker))
@@ -250,6 +294,8 @@ next_wait_ms(TimestampTz now)
 	{
 		OutboxState *ob = lfirst(lc);
 
+		if (!can_send(ob, now))
+			continue;
 		if (ob->rescan)
 			wait = Min(wait, TimestampDifferenceMilliseconds(now, ob->rescan_at));
 		if (ob->retry_at != 0)
@@ -369,6 +415,9 @@ courier_worker_main(Datum arg)
 		ResetLatch(MyLatch);
 		woken |= courier_worker_take_wake();
 		CHECK_FOR_INTERRUPTS();
+		/* while requests are in flight we wait on libcurl's sockets, not on the latch */
+		if (!PostmasterIsAlive())
+			proc_exit(1);
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
@@ -398,7 +447,8 @@ courier_worker_main(Datum arg)
 		more_waiting = more;
 		maintenance(now);
 
-		if (courier_http_running() > 0)
+		/* (counted by us: a request libcurl just finished is still ours to record) */
+		if (in_flight() > 0)
 			courier_http_poll(more ? 0 : 10);
 		else if (!more)
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,

@@ -43,7 +43,8 @@ typedef struct OutboxState
 {
 	Oid			relid;
 	bool		seen;			/* still registered at the last refresh */
-	MemoryContext cxt;			/* strings and plans below */
+	MemoryContext cxt;			/* what lives as long as the outbox's state */
+	MemoryContext settings;		/* strings from courier.outboxes, renewed at each refresh */
 	char	   *qname;			/* quoted, schema-qualified */
 	char	   *endpoint;		/* may hold credentials: never logged */
 	char	   *endpoint_shown; /* redacted */
@@ -88,6 +89,7 @@ typedef struct OutboxState
 	uint64		commits;		/* the count read before this round's snapshot */
 	bool		more;			/* the last read left rows behind */
 	bool		wanted;			/* read in this round (decided before its snapshot) */
+	List	   *open;			/* requests being filled by the current dispatch */
 	SPIPlanPtr	fetch_plan;
 	SPIPlanPtr	retry_plan;
 	SPIPlanPtr	ids_plan;
@@ -146,6 +148,7 @@ extern bool courier_key_blocked(OutboxState *ob, uint32 keyhash);
 extern void courier_refresh_outboxes(List **outboxes);
 extern bool courier_dispatch_possible(OutboxState *ob);
 extern bool courier_dispatch(OutboxState *ob, const CourierHoldSet *holds);
+extern void courier_dispatch_abort(OutboxState *ob);
 extern void courier_complete(List *finished);
 extern void courier_forget_outbox(OutboxState *ob);
 extern void courier_become_owner(const OutboxState *ob, Oid *saved_user, int *saved_sec);

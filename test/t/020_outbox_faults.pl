@@ -102,6 +102,24 @@ scenario('Kafka per-record error_code 2 (retriable)', format => 'kafka_rest_v2',
 like($node->safe_psql('postgres', "SELECT min(last_error) FROM courier.dead_letters WHERE outbox = '$ob'::regclass"),
 	qr/Kafka error_code 1/, 'the dead letter says why');
 
+# Rows that can never be sent (a topic Kafka would reject) go to the dead letters at once; the rows
+# around them are delivered, and the worker does not restart.
+{
+	$sink->clear_faults;
+	$sink->reset;
+	my $pid = CourierTest::worker_pid($node);
+	$node->safe_psql('postgres', qq{SELECT courier.create_outbox('ob_topics', '${\ $sink->url('/kafka')}', 'kafka_rest_v2', '{$fast}')});
+	$node->safe_psql('postgres', q{
+		SELECT courier.send('ob_topics', jsonb_build_object('n', i), 'k' || i, CASE WHEN i % 10 = 0 THEN 'bad topic!' ELSE 'orders' END)
+		  FROM generate_series(1, 100) i});
+	ok(CourierTest::wait_until(sub { CourierTest::pending($node, 'ob_topics') == 0 }, timeout => 60, what => 'topics drained'),
+		'invalid topics: the outbox drains');
+	is($node->safe_psql('postgres', q{SELECT count(*) || ':' || min(last_error) FROM courier.dead_letters WHERE outbox = 'ob_topics'::regclass}),
+		'10:invalid Kafka topic name', 'invalid topics: exactly those rows are dead letters, with the reason');
+	is($sink->stats->{unique}, 90, 'invalid topics: the others were delivered');
+	is(CourierTest::worker_pid($node), $pid, 'invalid topics: the worker did not restart');
+}
+
 # A permanent 400 goes to the dead letters at once; replay sends it again with the same id.
 ($ob) = scenario('permanent 400', events => 50, dead => 1,
 	faults => { status => { code => 400, count => 1, body => '{"error":"bad"}' } });
