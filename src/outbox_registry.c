@@ -43,39 +43,10 @@
 
 #include "pg_courier.h"
 #include "outbox_registry.h"
+#include "outbox_shmem.h"
 #include "outbox_breaker.h"
 
-typedef struct ProducerOutbox
-{
-	Oid			relid;
-	int64		lowid;			/* 0 until the first id is drawn: holds every id */
-	bool		all_keys;
-	int			nkeys;
-	uint32		keys[COURIER_SLOT_KEYS];
-} ProducerOutbox;
-
-typedef struct ProducerSlot
-{
-	slock_t		mutex;
-	Oid			dboid;
-	TransactionId xid;			/* InvalidTransactionId: slot unused */
-	bool		all_outboxes;	/* wrote more outboxes than fit below */
-	int			noutboxes;
-	ProducerOutbox outboxes[COURIER_SLOT_OUTBOXES];
-} ProducerSlot;
-
-typedef struct CourierShared
-{
-	LWLock	   *lock;			/* registry vs. worker snapshots; worker table */
-	int			nslots;
-	int			nworkers;
-	CourierWorkerInfo *workers;
-	slock_t		counters_mutex;
-	CourierOutboxCounters counters[COURIER_MAX_OUTBOXES];
-	ProducerSlot slots[FLEXIBLE_ARRAY_MEMBER];
-} CourierShared;
-
-static CourierShared *shared = NULL;
+CourierShared *courier_shared = NULL;
 
 /* backend-local: this transaction wrote to an outbox (wake the worker at commit) */
 static bool xact_wrote_outbox = false;
@@ -98,7 +69,6 @@ static HTAB *counters_refs = NULL;
 static void note_outbox(Oid relid);
 static bool xact_registered = false;
 static int	cached_worker_index = -1;
-static CourierWorkerInfo *my_worker = NULL;
 
 static int
 total_slots(void)
@@ -132,29 +102,29 @@ courier_registry_shmem_init(void)
 	bool		found;
 
 	courier_breaker_shmem_init();
-	shared = ShmemInitStruct("pg_courier registry",
+	courier_shared = ShmemInitStruct("pg_courier registry",
 							 courier_registry_shmem_size() - courier_breaker_shmem_size(), &found);
 	if (found)
 		return;
 
-	memset(shared, 0, courier_registry_shmem_size() - courier_breaker_shmem_size());
-	shared->lock = &(GetNamedLWLockTranche("pg_courier"))->lock;
-	shared->nslots = total_slots();
-	shared->nworkers = courier_max_databases;
-	shared->workers = (CourierWorkerInfo *) &shared->slots[shared->nslots];
-	SpinLockInit(&shared->counters_mutex);
-	for (int i = 0; i < shared->nslots; i++)
-		SpinLockInit(&shared->slots[i].mutex);
+	memset(courier_shared, 0, courier_registry_shmem_size() - courier_breaker_shmem_size());
+	courier_shared->lock = &(GetNamedLWLockTranche("pg_courier"))->lock;
+	courier_shared->nslots = total_slots();
+	courier_shared->nworkers = courier_max_databases;
+	courier_shared->workers = (CourierWorkerInfo *) &courier_shared->slots[courier_shared->nslots];
+	SpinLockInit(&courier_shared->counters_mutex);
+	for (int i = 0; i < courier_shared->nslots; i++)
+		SpinLockInit(&courier_shared->slots[i].mutex);
 	for (int i = 0; i < COURIER_MAX_OUTBOXES; i++)
 	{
-		SpinLockInit(&shared->counters[i].mutex);
-		pg_atomic_init_u64(&shared->counters[i].commits, 0);
+		SpinLockInit(&courier_shared->counters[i].mutex);
+		pg_atomic_init_u64(&courier_shared->counters[i].commits, 0);
 	}
-	for (int i = 0; i < shared->nworkers; i++)
+	for (int i = 0; i < courier_shared->nworkers; i++)
 	{
-		pg_atomic_init_u64(&shared->workers[i].rounds, 0);
-		pg_atomic_init_u32(&shared->workers[i].rescan, 0);
-		pg_atomic_init_u32(&shared->workers[i].wake_pending, 0);
+		pg_atomic_init_u64(&courier_shared->workers[i].rounds, 0);
+		pg_atomic_init_u32(&courier_shared->workers[i].rescan, 0);
+		pg_atomic_init_u32(&courier_shared->workers[i].wake_pending, 0);
 	}
 }
 
@@ -230,12 +200,12 @@ courier_registry_insert(Oid relid, Oid seqid, const char *key, int keylen, int64
 	note_outbox(relid);
 
 	/* Rows without a key carry no order: nothing to register. */
-	if (shared != NULL && key != NULL)
+	if (courier_shared != NULL && key != NULL)
 	{
 		TransactionId xid = GetTopTransactionId();
 		uint32		keyhash = courier_key_hash(key, keylen);
 
-		slot = &shared->slots[COURIER_MY_PROCNO];
+		slot = &courier_shared->slots[COURIER_MY_PROCNO];
 		SpinLockAcquire(&slot->mutex);
 		if (slot->xid != xid)
 		{
@@ -293,7 +263,7 @@ note_outbox(Oid relid)
 static void
 count_commits(void)
 {
-	if (shared == NULL)
+	if (courier_shared == NULL)
 		return;					/* not preloaded: no worker to tell */
 	for (int i = 0; i < n_xact_outboxes; i++)
 	{
@@ -326,19 +296,19 @@ wake_worker(void)
 {
 	CourierWorkerInfo *w;
 
-	if (shared == NULL)
+	if (courier_shared == NULL)
 		return;
-	if (cached_worker_index < 0 || cached_worker_index >= shared->nworkers ||
-		shared->workers[cached_worker_index].dboid != MyDatabaseId)
+	if (cached_worker_index < 0 || cached_worker_index >= courier_shared->nworkers ||
+		courier_shared->workers[cached_worker_index].dboid != MyDatabaseId)
 	{
 		cached_worker_index = -1;
-		for (int i = 0; i < shared->nworkers; i++)
-			if (shared->workers[i].dboid == MyDatabaseId && shared->workers[i].pid != 0)
+		for (int i = 0; i < courier_shared->nworkers; i++)
+			if (courier_shared->workers[i].dboid == MyDatabaseId && courier_shared->workers[i].pid != 0)
 				cached_worker_index = i;
 		if (cached_worker_index < 0)
 			return;
 	}
-	w = &shared->workers[cached_worker_index];
+	w = &courier_shared->workers[cached_worker_index];
 	/* rows may have landed behind the worker's read cursor */
 	if (xact_gave_ids || xact_outboxes_overflow)
 		pg_atomic_exchange_u32(&w->rescan, 1);	/* (a barrier: before the wake flag) */
@@ -363,20 +333,20 @@ clear_slot(bool committed)
 {
 	ProducerSlot *slot;
 
-	if (shared == NULL)
+	if (courier_shared == NULL)
 		return;
-	slot = &shared->slots[COURIER_MY_PROCNO];
+	slot = &courier_shared->slots[COURIER_MY_PROCNO];
 	if (slot->xid == InvalidTransactionId)
 		return;
 	if (committed)
-		LWLockAcquire(shared->lock, LW_SHARED);
+		LWLockAcquire(courier_shared->lock, LW_SHARED);
 	SpinLockAcquire(&slot->mutex);
 	slot->xid = InvalidTransactionId;
 	slot->noutboxes = 0;
 	slot->all_outboxes = false;
 	SpinLockRelease(&slot->mutex);
 	if (committed)
-		LWLockRelease(shared->lock);
+		LWLockRelease(courier_shared->lock);
 }
 
 /*
@@ -497,11 +467,11 @@ courier_registry_snapshot(CourierHoldSet *holds)
 	holds->nholds = 0;
 	holds->holds = palloc(cap * sizeof(CourierHold));
 
-	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	LWLockAcquire(courier_shared->lock, LW_EXCLUSIVE);
 	snap = GetTransactionSnapshot();
-	for (int i = 0; i < shared->nslots; i++)
+	for (int i = 0; i < courier_shared->nslots; i++)
 	{
-		ProducerSlot *s = &shared->slots[i];
+		ProducerSlot *s = &courier_shared->slots[i];
 		ProducerSlot copy;
 
 		if (s->xid == InvalidTransactionId)
@@ -514,7 +484,7 @@ courier_registry_snapshot(CourierHoldSet *holds)
 		if (XidInMVCCSnapshot(copy.xid, snap))
 			add_holds_from_slot(&copy, holds, &cap);
 	}
-	LWLockRelease(shared->lock);
+	LWLockRelease(courier_shared->lock);
 	return snap;
 }
 
@@ -564,252 +534,3 @@ courier_hold_applies(const CourierHoldSet *holds, Oid relid, int64 id, uint32 ke
 	return false;
 }
 
-/*
- * courier_worker_attach
- *		Claim this database's entry in the worker table so producers can wake
- *		us.  Returns NULL when another worker already serves the database.
- */
-CourierWorkerInfo *
-courier_worker_attach(const char *dbname)
-{
-	CourierWorkerInfo *free_entry = NULL;
-
-	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < shared->nworkers; i++)
-	{
-		CourierWorkerInfo *w = &shared->workers[i];
-
-		if (w->pid != 0 && w->dboid == MyDatabaseId)
-		{
-			LWLockRelease(shared->lock);
-			return NULL;
-		}
-		if (w->pid == 0 && free_entry == NULL)
-			free_entry = w;
-	}
-	if (free_entry != NULL)
-	{
-		free_entry->dboid = MyDatabaseId;
-		strlcpy(free_entry->dbname, dbname, NAMEDATALEN);
-		free_entry->pid = MyProcPid;
-		free_entry->procno = COURIER_MY_PROCNO;
-		free_entry->started_at = GetCurrentTimestamp();
-		strlcpy(free_entry->state, "starting", sizeof(free_entry->state));
-	}
-	LWLockRelease(shared->lock);
-	my_worker = free_entry;
-	return free_entry;
-}
-
-/*
- * courier_worker_detach
- *		Release the worker table entry (on_shmem_exit of the worker).
- */
-void
-courier_worker_detach(void)
-{
-	if (my_worker == NULL)
-		return;
-	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
-	my_worker->pid = 0;
-	my_worker->dboid = InvalidOid;
-	LWLockRelease(shared->lock);
-	my_worker = NULL;
-}
-
-/*
- * courier_worker_set_state
- *		Publish what the worker is doing (for courier.worker_status).
- */
-void
-courier_worker_set_state(const char *state)
-{
-	if (my_worker == NULL)
-		return;
-	strlcpy(my_worker->state, state, sizeof(my_worker->state));
-	pg_atomic_fetch_add_u64(&my_worker->rounds, 1);
-}
-
-/*
- * courier_worker_take_rescan
- *		Did a producer ask for a read from the start?  (Clears the request.)
- */
-bool
-courier_worker_take_rescan(void)
-{
-	return my_worker != NULL && pg_atomic_exchange_u32(&my_worker->rescan, 0) != 0;
-}
-
-/*
- * courier_worker_take_wake
- *		Let producers wake us again; returns whether one asked to (call after
- *		ResetLatch and before taking a snapshot).
- */
-bool
-courier_worker_take_wake(void)
-{
-	return my_worker != NULL && pg_atomic_exchange_u32(&my_worker->wake_pending, 0) != 0;
-}
-
-/*
- * courier_counters_for
- *		The counters of one outbox of this database, created on first use.
- *		Returns NULL if the table is full (counting stops; delivery does not).
- */
-CourierOutboxCounters *
-courier_counters_for(Oid relid)
-{
-	CourierOutboxCounters *result = NULL;
-
-	SpinLockAcquire(&shared->counters_mutex);
-	for (int i = 0; i < COURIER_MAX_OUTBOXES && result == NULL; i++)
-	{
-		CourierOutboxCounters *c = &shared->counters[i];
-
-		if (c->relid == relid && c->dboid == MyDatabaseId)
-			result = c;
-	}
-	for (int i = 0; i < COURIER_MAX_OUTBOXES && result == NULL; i++)
-	{
-		CourierOutboxCounters *c = &shared->counters[i];
-
-		if (c->relid == InvalidOid)
-		{
-			c->relid = relid;
-			c->dboid = MyDatabaseId;
-			result = c;
-		}
-	}
-	SpinLockRelease(&shared->counters_mutex);
-	return result;
-}
-
-/*
- * courier_counters_record
- *		Add one request's outcome to an outbox's counters: rows delivered,
- *		rows scheduled for a retry, rows moved to the dead letters.
- */
-void
-courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 retries, uint64 dead,
-						const char *error)
-{
-	TimestampTz now = GetCurrentTimestamp();
-	uint64		failed = retries + dead;
-
-	if (c == NULL)
-		return;
-	SpinLockAcquire(&c->mutex);
-	c->requests++;
-	c->delivered += delivered;
-	c->failed_attempts += failed;
-	c->retries += retries;
-	c->dead_lettered += dead;
-	c->rate_window_count += delivered;
-	if (TimestampDifferenceExceeds(c->rate_window_start, now, 1000))
-	{
-		long		ms = TimestampDifferenceMilliseconds(c->rate_window_start, now);
-
-		c->delivered_per_second = (c->rate_window_start == 0 || ms <= 0) ? 0 :
-			(double) c->rate_window_count * 1000.0 / ms;
-		c->rate_window_start = now;
-		c->rate_window_count = 0;
-	}
-	if (delivered > 0)
-		c->last_success_at = now;
-	if (failed > 0)
-	{
-		c->last_failure_at = now;
-		if (error)
-			strlcpy(c->last_error, error, COURIER_ERRLEN);
-	}
-	SpinLockRelease(&c->mutex);
-}
-
-/* ---- SQL-callable readers of the shared state ---- */
-
-#include "funcapi.h"
-#include "utils/acl.h"
-#include "utils/builtins.h"
-
-PG_FUNCTION_INFO_V1(courier_worker_counters);
-PG_FUNCTION_INFO_V1(courier_worker_status);
-
-/*
- * courier_worker_counters
- *		courier._worker_counters(): this database's per-outbox counters.
- */
-Datum
-courier_worker_counters(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-
-	InitMaterializedSRF(fcinfo, 0);
-	if (shared == NULL)
-		PG_RETURN_VOID();
-	for (int i = 0; i < COURIER_MAX_OUTBOXES; i++)
-	{
-		CourierOutboxCounters c;
-		Datum		values[10];
-		bool		nulls[10] = {0};
-
-		SpinLockAcquire(&shared->counters[i].mutex);
-		memcpy(&c, &shared->counters[i], sizeof(c));
-		SpinLockRelease(&shared->counters[i].mutex);
-		if (c.relid == InvalidOid || c.dboid != MyDatabaseId)
-			continue;
-		/* another role's outbox: its errors may quote what its endpoint answered */
-		{
-			bool		missing = false;
-
-			if (pg_class_aclcheck_ext(c.relid, GetUserId(), ACL_SELECT, &missing) != ACLCHECK_OK || missing)
-				continue;
-		}
-		values[0] = ObjectIdGetDatum(c.relid);
-		values[1] = Int64GetDatum((int64) c.delivered);
-		values[2] = Int64GetDatum((int64) c.failed_attempts);
-		values[3] = Int64GetDatum((int64) c.retries);
-		values[4] = Int64GetDatum((int64) c.dead_lettered);
-		values[5] = Int64GetDatum((int64) c.requests);
-		values[6] = Float8GetDatum(c.delivered_per_second);
-		values[7] = CStringGetTextDatum(c.last_error);
-		nulls[7] = (c.last_error[0] == '\0');
-		values[8] = TimestampTzGetDatum(c.last_success_at);
-		nulls[8] = (c.last_success_at == 0);
-		values[9] = TimestampTzGetDatum(c.last_failure_at);
-		nulls[9] = (c.last_failure_at == 0);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	PG_RETURN_VOID();
-}
-
-/*
- * courier_worker_status
- *		courier.worker_status(): the delivery workers and what they are doing.
- */
-Datum
-courier_worker_status(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-
-	InitMaterializedSRF(fcinfo, 0);
-	if (shared == NULL)
-		PG_RETURN_VOID();
-	LWLockAcquire(shared->lock, LW_SHARED);
-	for (int i = 0; i < shared->nworkers; i++)
-	{
-		CourierWorkerInfo *w = &shared->workers[i];
-		Datum		values[5];
-		bool		nulls[5] = {0};
-
-		if (w->pid == 0)
-			continue;
-		values[0] = DirectFunctionCall1(namein, CStringGetDatum(w->dbname));
-		values[1] = Int32GetDatum(w->pid);
-		values[2] = CStringGetTextDatum(w->state);
-		values[3] = TimestampTzGetDatum(w->started_at);
-		values[4] = Int64GetDatum((int64) pg_atomic_read_u64(&w->rounds));
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	LWLockRelease(shared->lock);
-	PG_RETURN_VOID();
-}

@@ -1,0 +1,221 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox_catalog.c
+ *	  The worker's view of courier.outboxes: one OutboxState per registered
+ *	  outbox, refreshed from the catalog, and the identity its statements
+ *	  run under.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+
+#include "pg_courier.h"
+#include "outbox_worker.h"
+
+extern MemoryContext courier_worker_context;
+
+/*
+ * courier_become_owner
+ *		Act as the outbox table's owner, restricted: whatever the owner
+ *		attached to the table (triggers, rules, constraints, index
+ *		expressions) must never run with the worker's superuser rights.  The
+ *		caller restores saved_user/saved_sec; an error rolls back the
+ *		(sub)transaction, which restores them too.
+ */
+void
+courier_become_owner(const OutboxState *ob, Oid *saved_user, int *saved_sec)
+{
+	GetUserIdAndSecContext(saved_user, saved_sec);
+	SetUserIdAndSecContext(ob->owner,
+						   *saved_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+}
+
+/*
+ * courier_forget_outbox
+ *		Free a state whose outbox is gone (no request may be in flight).
+ */
+void
+courier_forget_outbox(OutboxState *ob)
+{
+	courier_free_plans(ob);
+	MemoryContextDelete(ob->cxt);
+	pfree(ob);
+}
+
+/*
+ * new_state
+ *		Worker-side state of a newly seen outbox.
+ */
+static OutboxState *
+new_state(Oid relid)
+{
+	OutboxState *ob = MemoryContextAllocZero(courier_worker_context, sizeof(OutboxState));
+	HASHCTL		ctl;
+
+	ob->relid = relid;
+	ob->cxt = AllocSetContextCreate(courier_worker_context, "pg_courier outbox", ALLOCSET_SMALL_SIZES);
+	ob->settings = AllocSetContextCreate(ob->cxt, "pg_courier outbox settings", ALLOCSET_SMALL_SIZES);
+	ctl.keysize = sizeof(uint32);
+	ctl.entrysize = sizeof(uint32) + sizeof(int);
+	ctl.hcxt = ob->cxt;
+	ob->busy_keys = hash_create("pg_courier busy keys", 256, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(int64);
+	ob->inflight_ids = hash_create("pg_courier inflight", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ob->counters = courier_counters_for(relid);
+	ob->tls_verify = true;
+	courier_parking_init(ob);
+	return ob;
+}
+
+/*
+ * state_text
+ *		Column i of the current SPI row as a string in cxt (NULL for NULL).
+ */
+static char *
+state_text(HeapTuple tup, TupleDesc desc, int col, MemoryContext cxt)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	if (isnull)
+		return NULL;
+	return MemoryContextStrdup(cxt, TextDatumGetCString(d));
+}
+
+/*
+ * set_static_headers
+ *		The outbox's headers option ("Name: value" lines) as an array.
+ */
+static void
+set_static_headers(OutboxState *ob, char *lines)
+{
+	char	   *save;
+	char	   *line;
+
+	ob->nstatic_headers = 0;
+	if (lines == NULL)
+		return;
+	ob->static_headers = MemoryContextAlloc(ob->settings, sizeof(char *) * 32);
+	for (line = strtok_r(lines, "\n", &save); line && ob->nstatic_headers < 32; line = strtok_r(NULL, "\n", &save))
+		ob->static_headers[ob->nstatic_headers++] = line;
+}
+
+/*
+ * courier_refresh_outboxes
+ *		Re-read courier.outboxes into the worker's list: new outboxes get a
+ *		state, changed settings apply, dropped ones are forgotten once their
+ *		requests are finished.
+ */
+void
+courier_refresh_outboxes(List **outboxes)
+{
+	ListCell   *lc;
+	int			rc;
+
+	foreach(lc, *outboxes)
+		((OutboxState *) lfirst(lc))->seen = false;
+
+	rc = SPI_execute("SELECT o.outbox::oid, format('%I.%I', n.nspname, c.relname), o.endpoint, o.format, "
+					 "  COALESCE(o.default_topic, c.relname), o.enabled, "
+					 "  COALESCE((o.options->>'batch')::boolean, false), "
+					 "  COALESCE((o.options->>'batch_size')::int, 0), "
+					 "  COALESCE((o.options->>'max_inflight')::int, 0), "
+					 "  COALESCE((o.options->>'timeout_ms')::int, 0), "
+					 "  COALESCE(o.options->>'source', '/pg_courier/' || current_database() || '/' || n.nspname || '.' || c.relname), "
+					 "  COALESCE(o.options->>'envelope', 'cloudevents'), "
+					 "  COALESCE((o.options->>'retry_base_ms')::int, 0), COALESCE((o.options->>'retry_max_ms')::int, 0), "
+					 "  COALESCE((o.options->>'max_attempts')::int, -1), "
+					 "  COALESCE(o.options->>'on_dead_letter', 'skip') = 'block', "
+					 "  COALESCE((o.options->>'tls_verify')::boolean, true), "
+					 "  (SELECT string_agg(h.key || ': ' || h.value, E'\\n') FROM jsonb_each_text(o.options->'headers') h "
+					 "    WHERE h.key ~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' AND h.value !~ '[\\r\\n]' "
+					 "      AND lower(h.key) NOT IN ('content-type', 'content-length', 'host', 'idempotency-key', "
+					 "                               'transfer-encoding', 'connection', 'expect')), "
+					 "  c.relowner "
+					 "FROM courier.outboxes o JOIN pg_class c ON c.oid = o.outbox "
+					 "JOIN pg_namespace n ON n.oid = c.relnamespace", true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "pg_courier: could not read courier.outboxes: %s", SPI_result_code_string(rc));
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+		OutboxState *ob = NULL;
+		char	   *qname;
+		char	   *topic;
+		char	   *format;
+
+		foreach(lc, *outboxes)
+			if (((OutboxState *) lfirst(lc))->relid == relid)
+				ob = lfirst(lc);
+		if (ob == NULL)
+		{
+			/* the list outlives the transaction */
+			MemoryContext old = MemoryContextSwitchTo(courier_worker_context);
+
+			ob = new_state(relid);
+			*outboxes = lappend(*outboxes, ob);
+			MemoryContextSwitchTo(old);
+		}
+		ob->seen = true;
+
+		qname = state_text(tup, desc, 2, CurrentMemoryContext);
+		if (ob->qname == NULL || strcmp(ob->qname, qname) != 0)
+		{
+			/* renamed (or new): statements must be prepared again */
+			courier_free_plans(ob);
+		}
+		/* the settings are copied afresh each time: their memory is reset first */
+		MemoryContextReset(ob->settings);
+		ob->qname = MemoryContextStrdup(ob->settings, qname);
+		topic = state_text(tup, desc, 5, ob->settings);
+		ob->default_topic = topic;
+		ob->endpoint = state_text(tup, desc, 3, ob->settings);
+		ob->endpoint_shown = MemoryContextStrdup(ob->settings, courier_redact_text(ob->endpoint));
+		format = state_text(tup, desc, 4, CurrentMemoryContext);
+		ob->format = strcmp(format, "kafka_rest_v2") == 0 ? COURIER_FORMAT_KAFKA_REST_V2 : COURIER_FORMAT_CLOUDEVENTS;
+		ob->enabled = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
+		ob->ce_batch = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		ob->batch_size = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+		ob->max_inflight = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
+		ob->timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
+		ob->source = state_text(tup, desc, 11, ob->settings);
+		ob->kafka_envelope = strcmp(state_text(tup, desc, 12, CurrentMemoryContext), "none") != 0;
+		ob->retry_base_ms = DatumGetInt32(SPI_getbinval(tup, desc, 13, &isnull));
+		ob->retry_max_ms = DatumGetInt32(SPI_getbinval(tup, desc, 14, &isnull));
+		ob->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 15, &isnull));
+		ob->block_on_dead = DatumGetBool(SPI_getbinval(tup, desc, 16, &isnull));
+		if (ob->fetch_plan && ob->plans_block != ob->block_on_dead)
+			courier_free_plans(ob);
+		if (!DatumGetBool(SPI_getbinval(tup, desc, 17, &isnull)) && ob->tls_verify)
+			ereport(WARNING,
+					(errmsg("pg_courier: TLS certificate verification is disabled for outbox %s", ob->qname)));
+		ob->tls_verify = DatumGetBool(SPI_getbinval(tup, desc, 17, &isnull));
+		set_static_headers(ob, state_text(tup, desc, 18, ob->settings));
+		ob->origin = MemoryContextStrdup(ob->settings, courier_origin_text(ob->endpoint));
+		ob->breaker = courier_breaker_for(ob->origin);
+		ob->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 19, &isnull));
+	}
+
+	foreach(lc, *outboxes)
+	{
+		OutboxState *ob = lfirst(lc);
+
+		if (!ob->seen && ob->inflight == 0)
+		{
+			*outboxes = foreach_delete_current(*outboxes, lc);
+			courier_forget_outbox(ob);
+		}
+	}
+}
+

@@ -1,0 +1,271 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox_workers.c
+ *	  The worker table (which process serves which database, wake-up and
+ *	  rescan requests), per-outbox counters, and the SQL functions that read
+ *	  them.  Shares pg_courier's registry shared memory (outbox_shmem.h).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "pg_courier.h"
+#include "outbox_registry.h"
+#include "outbox_shmem.h"
+
+static CourierWorkerInfo *my_worker = NULL;
+
+/*
+ * courier_worker_attach
+ *		Claim this database's entry in the worker table so producers can wake
+ *		us.  Returns NULL when another worker already serves the database.
+ */
+CourierWorkerInfo *
+courier_worker_attach(const char *dbname)
+{
+	CourierWorkerInfo *free_entry = NULL;
+
+	LWLockAcquire(courier_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < courier_shared->nworkers; i++)
+	{
+		CourierWorkerInfo *w = &courier_shared->workers[i];
+
+		if (w->pid != 0 && w->dboid == MyDatabaseId)
+		{
+			LWLockRelease(courier_shared->lock);
+			return NULL;
+		}
+		if (w->pid == 0 && free_entry == NULL)
+			free_entry = w;
+	}
+	if (free_entry != NULL)
+	{
+		free_entry->dboid = MyDatabaseId;
+		strlcpy(free_entry->dbname, dbname, NAMEDATALEN);
+		free_entry->pid = MyProcPid;
+		free_entry->procno = COURIER_MY_PROCNO;
+		free_entry->started_at = GetCurrentTimestamp();
+		strlcpy(free_entry->state, "starting", sizeof(free_entry->state));
+	}
+	LWLockRelease(courier_shared->lock);
+	my_worker = free_entry;
+	return free_entry;
+}
+
+/*
+ * courier_worker_detach
+ *		Release the worker table entry (on_shmem_exit of the worker).
+ */
+void
+courier_worker_detach(void)
+{
+	if (my_worker == NULL)
+		return;
+	LWLockAcquire(courier_shared->lock, LW_EXCLUSIVE);
+	my_worker->pid = 0;
+	my_worker->dboid = InvalidOid;
+	LWLockRelease(courier_shared->lock);
+	my_worker = NULL;
+}
+
+/*
+ * courier_worker_set_state
+ *		Publish what the worker is doing (for courier.worker_status).
+ */
+void
+courier_worker_set_state(const char *state)
+{
+	if (my_worker == NULL)
+		return;
+	strlcpy(my_worker->state, state, sizeof(my_worker->state));
+	pg_atomic_fetch_add_u64(&my_worker->rounds, 1);
+}
+
+/*
+ * courier_worker_take_rescan
+ *		Did a producer ask for a read from the start?  (Clears the request.)
+ */
+bool
+courier_worker_take_rescan(void)
+{
+	return my_worker != NULL && pg_atomic_exchange_u32(&my_worker->rescan, 0) != 0;
+}
+
+/*
+ * courier_worker_take_wake
+ *		Let producers wake us again; returns whether one asked to (call after
+ *		ResetLatch and before taking a snapshot).
+ */
+bool
+courier_worker_take_wake(void)
+{
+	return my_worker != NULL && pg_atomic_exchange_u32(&my_worker->wake_pending, 0) != 0;
+}
+
+/*
+ * courier_counters_for
+ *		The counters of one outbox of this database, created on first use.
+ *		Returns NULL if the table is full (counting stops; delivery does not).
+ */
+CourierOutboxCounters *
+courier_counters_for(Oid relid)
+{
+	CourierOutboxCounters *result = NULL;
+
+	SpinLockAcquire(&courier_shared->counters_mutex);
+	for (int i = 0; i < COURIER_MAX_OUTBOXES && result == NULL; i++)
+	{
+		CourierOutboxCounters *c = &courier_shared->counters[i];
+
+		if (c->relid == relid && c->dboid == MyDatabaseId)
+			result = c;
+	}
+	for (int i = 0; i < COURIER_MAX_OUTBOXES && result == NULL; i++)
+	{
+		CourierOutboxCounters *c = &courier_shared->counters[i];
+
+		if (c->relid == InvalidOid)
+		{
+			c->relid = relid;
+			c->dboid = MyDatabaseId;
+			result = c;
+		}
+	}
+	SpinLockRelease(&courier_shared->counters_mutex);
+	return result;
+}
+
+/*
+ * courier_counters_record
+ *		Add one request's outcome to an outbox's counters: rows delivered,
+ *		rows scheduled for a retry, rows moved to the dead letters.
+ */
+void
+courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 retries, uint64 dead,
+						const char *error)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	uint64		failed = retries + dead;
+
+	if (c == NULL)
+		return;
+	SpinLockAcquire(&c->mutex);
+	c->requests++;
+	c->delivered += delivered;
+	c->failed_attempts += failed;
+	c->retries += retries;
+	c->dead_lettered += dead;
+	c->rate_window_count += delivered;
+	if (TimestampDifferenceExceeds(c->rate_window_start, now, 1000))
+	{
+		long		ms = TimestampDifferenceMilliseconds(c->rate_window_start, now);
+
+		c->delivered_per_second = (c->rate_window_start == 0 || ms <= 0) ? 0 :
+			(double) c->rate_window_count * 1000.0 / ms;
+		c->rate_window_start = now;
+		c->rate_window_count = 0;
+	}
+	if (delivered > 0)
+		c->last_success_at = now;
+	if (failed > 0)
+	{
+		c->last_failure_at = now;
+		if (error)
+			strlcpy(c->last_error, error, COURIER_ERRLEN);
+	}
+	SpinLockRelease(&c->mutex);
+}
+
+/* ---- SQL-callable readers of the shared state ---- */
+
+
+PG_FUNCTION_INFO_V1(courier_worker_counters);
+PG_FUNCTION_INFO_V1(courier_worker_status);
+
+/*
+ * courier_worker_counters
+ *		courier._worker_counters(): this database's per-outbox counters.
+ */
+Datum
+courier_worker_counters(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (courier_shared == NULL)
+		PG_RETURN_VOID();
+	for (int i = 0; i < COURIER_MAX_OUTBOXES; i++)
+	{
+		CourierOutboxCounters c;
+		Datum		values[10];
+		bool		nulls[10] = {0};
+
+		SpinLockAcquire(&courier_shared->counters[i].mutex);
+		memcpy(&c, &courier_shared->counters[i], sizeof(c));
+		SpinLockRelease(&courier_shared->counters[i].mutex);
+		if (c.relid == InvalidOid || c.dboid != MyDatabaseId)
+			continue;
+		/* another role's outbox: its errors may quote what its endpoint answered */
+		{
+			bool		missing = false;
+
+			if (pg_class_aclcheck_ext(c.relid, GetUserId(), ACL_SELECT, &missing) != ACLCHECK_OK || missing)
+				continue;
+		}
+		values[0] = ObjectIdGetDatum(c.relid);
+		values[1] = Int64GetDatum((int64) c.delivered);
+		values[2] = Int64GetDatum((int64) c.failed_attempts);
+		values[3] = Int64GetDatum((int64) c.retries);
+		values[4] = Int64GetDatum((int64) c.dead_lettered);
+		values[5] = Int64GetDatum((int64) c.requests);
+		values[6] = Float8GetDatum(c.delivered_per_second);
+		values[7] = CStringGetTextDatum(c.last_error);
+		nulls[7] = (c.last_error[0] == '\0');
+		values[8] = TimestampTzGetDatum(c.last_success_at);
+		nulls[8] = (c.last_success_at == 0);
+		values[9] = TimestampTzGetDatum(c.last_failure_at);
+		nulls[9] = (c.last_failure_at == 0);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	PG_RETURN_VOID();
+}
+
+/*
+ * courier_worker_status
+ *		courier.worker_status(): the delivery workers and what they are doing.
+ */
+Datum
+courier_worker_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (courier_shared == NULL)
+		PG_RETURN_VOID();
+	LWLockAcquire(courier_shared->lock, LW_SHARED);
+	for (int i = 0; i < courier_shared->nworkers; i++)
+	{
+		CourierWorkerInfo *w = &courier_shared->workers[i];
+		Datum		values[5];
+		bool		nulls[5] = {0};
+
+		if (w->pid == 0)
+			continue;
+		values[0] = DirectFunctionCall1(namein, CStringGetDatum(w->dbname));
+		values[1] = Int32GetDatum(w->pid);
+		values[2] = CStringGetTextDatum(w->state);
+		values[3] = TimestampTzGetDatum(w->started_at);
+		values[4] = Int64GetDatum((int64) pg_atomic_read_u64(&w->rounds));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	LWLockRelease(courier_shared->lock);
+	PG_RETURN_VOID();
+}
