@@ -127,6 +127,7 @@ printf '  committed %d events in %.1f s while the endpoint was down\n' "$BIG" "$
 echo "  breaker: $(psql -Atc "SELECT state || ', opened ' || opens || ' time(s)' FROM courier.breakers() WHERE endpoint = courier._origin('http://127.0.0.1:$SINK_PORT/')")"
 echo "  table size with the backlog: $(size)"
 anon0=$(rss_kb "$worker" RssAnon)
+failed0=$(psql -Atc "SELECT failed_attempts FROM courier.outbox_stats WHERE outbox = 'bench_big'::regclass")
 sink_post /_sink/reset >/dev/null
 sink_post /_sink/start_listening >/dev/null
 t0=$(now_ms); peak_anon=$anon0; samples=""
@@ -141,6 +142,6 @@ printf '  recovery -> empty backlog: %.1f s, %d events = %.0f events/s (includes
     "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')" "$got" \
     "$(awk -v n="$got" -v a="$t0" -v b="$t1" 'BEGIN{print n*1000/(b-a)}')" "$(psql -Atc 'SHOW courier.breaker_reset_ms')"
 echo "  worker private memory (RssAnon): ${anon0} kB before, ${peak_anon} kB peak while draining; VmHWM $(rss_kb "$worker" VmHWM) kB (includes shared buffers touched)"
-echo "  failed attempts during the drain: $(psql -Atc "SELECT failed_attempts FROM courier.outbox_stats WHERE outbox = 'bench_big'::regclass") (timeouts caused by the worker would show here)"
+echo "  failed attempts: ${failed0} while the endpoint was down (before the breaker opened), $(( $(psql -Atc "SELECT failed_attempts FROM courier.outbox_stats WHERE outbox = 'bench_big'::regclass") - failed0 )) during the drain (a timeout caused by the worker would count here)"
 echo "  table size after the drain:  $(size); after VACUUM: $(psql -q -c 'VACUUM bench_big' && size)"
 psql -q -c "SELECT courier.drop_outbox('bench_big')" >/dev/null
