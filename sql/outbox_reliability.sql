@@ -15,6 +15,8 @@ SELECT courier.create_outbox('rel_bad5', 'http://127.0.0.1:9/x', 'cloudevents', 
 SELECT courier.create_outbox('rel_bad6', 'http://127.0.0.1:9/x', 'cloudevents', '{"headers": {"Bad Name": "v"}}');
 SELECT courier.create_outbox('rel_bad7', 'http://127.0.0.1:9/x', 'cloudevents', '{"retry_max_ms": 1.5}');
 SELECT courier.create_outbox('rel_tls', 'https://127.0.0.1:9/x', 'cloudevents', '{"tls_verify": false}');
+SELECT courier.create_outbox('rel_bad8', 'http://127.0.0.1:9/x', 'cloudevents', '{"retention": "soon"}');
+SELECT courier.create_outbox('rel_bad9', 'http://127.0.0.1:9/x', 'cloudevents', '{"retention": "-1 day"}');
 SELECT count(*) FROM pg_class WHERE relname LIKE 'rel_bad%';
 
 -- the Authorization header never shows in stats or metrics
@@ -47,6 +49,16 @@ SELECT courier.replay_dead_letters('rel_ok', key => 'nope');
 SELECT courier.replay_dead_letters('pg_class');
 SELECT courier.replay_dead_letters(NULL);
 SELECT courier.purge_dead_letters();
+
+-- retention: delivered events kept for audit, and replayed with the same event id
+SELECT courier.alter_outbox('rel_ok', options => '{"retention": "7 days", "max_attempts": 0}');
+INSERT INTO courier.delivered_events (outbox, outbox_id, event_id, topic, key, payload, created_at, attempts)
+VALUES ('rel_ok', 41, '00000000-0000-0000-0000-0000000000d1', 't', 'k9', '{"n": 9}', now(), 1);
+SELECT courier.replay_delivered('rel_ok', event_ids => ARRAY['00000000-0000-0000-0000-0000000000d1'::uuid]);
+SELECT event_id, key, payload FROM rel_ok WHERE key = 'k9';
+SELECT count(*) AS still_retained FROM courier.delivered_events;
+SELECT courier.replay_delivered('pg_class');
+DELETE FROM courier.delivered_events;
 
 -- metrics: Prometheus text exposition format
 SELECT line FROM regexp_split_to_table(courier.metrics(), E'\n') line

@@ -50,7 +50,7 @@ DECLARE
                                "source": "string", "envelope": "string",
                                "retry_base_ms": "number", "retry_max_ms": "number",
                                "max_attempts": "number", "on_dead_letter": "string",
-                               "tls_verify": "boolean", "headers": "object"}';
+                               "tls_verify": "boolean", "headers": "object", "retention": "string"}';
 BEGIN
     IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
         RAISE EXCEPTION 'outbox options must be a JSON object'
@@ -74,6 +74,17 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
     END LOOP;
+    IF options ? 'retention' THEN
+        BEGIN
+            IF (options ->> 'retention')::interval <= interval '0' THEN
+                RAISE invalid_parameter_value;
+            END IF;
+        EXCEPTION WHEN invalid_parameter_value OR invalid_datetime_format OR datetime_field_overflow
+                       OR interval_field_overflow OR syntax_error THEN
+            RAISE EXCEPTION 'outbox option "retention" must be a positive interval, not "%"', options ->> 'retention'
+                USING ERRCODE = 'invalid_parameter_value', HINT = 'For example {"retention": "7 days"}.';
+        END;
+    END IF;
     IF options ? 'on_dead_letter' AND options ->> 'on_dead_letter' NOT IN ('skip', 'block') THEN
         RAISE EXCEPTION 'outbox option "on_dead_letter" must be ''skip'' or ''block'''
             USING ERRCODE = 'invalid_parameter_value',
@@ -358,6 +369,61 @@ BEGIN
     IF n > 0 THEN
         PERFORM courier._wake_at_commit();   -- keys blocked by these dead letters may go on
     END IF;
+    RETURN n;
+END
+$$;
+
+-- With the outbox option "retention", delivered events are kept here that long (audit, replay)
+-- instead of being deleted; the worker removes expired ones in small batches.
+CREATE TABLE courier.delivered_events (
+    id           bigserial   PRIMARY KEY,
+    outbox       regclass    NOT NULL,
+    outbox_id    bigint      NOT NULL,
+    event_id     uuid        NOT NULL,
+    topic        text,
+    key          text,
+    payload      jsonb       NOT NULL,
+    headers      jsonb,
+    created_at   timestamptz NOT NULL,
+    attempts     integer     NOT NULL,
+    delivered_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON courier.delivered_events (outbox, delivered_at);
+COMMENT ON TABLE courier.delivered_events IS 'Delivered events kept for the outbox option "retention" (pg_courier)';
+SELECT pg_catalog.pg_extension_config_dump('courier.delivered_events', '');
+SELECT pg_catalog.pg_extension_config_dump('courier.delivered_events_id_seq', '');
+ALTER TABLE courier.delivered_events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY delivered_events_owner ON courier.delivered_events
+    USING (pg_catalog.pg_has_role(courier._table_owner(outbox), 'USAGE'));
+REVOKE ALL ON courier.delivered_events FROM PUBLIC;
+-- (INSERT: the worker moves acknowledged rows here acting as the outbox's owner)
+GRANT SELECT, INSERT, DELETE ON courier.delivered_events TO PUBLIC;
+GRANT USAGE ON SEQUENCE courier.delivered_events_id_seq TO PUBLIC;
+
+CREATE FUNCTION courier.replay_delivered(outbox regclass, event_ids uuid[] DEFAULT NULL,
+                                         delivered_since timestamptz DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF outbox IS NULL THEN
+        RAISE EXCEPTION 'outbox must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM courier.outboxes o WHERE o.outbox = replay_delivered.outbox) THEN
+        RAISE EXCEPTION 'table % is not an outbox', outbox USING ERRCODE = 'undefined_object',
+            HINT = 'Only the outboxes of roles you belong to are visible.';
+    END IF;
+    -- the same event again (same event id), as a new row at the end of its key's queue; the
+    -- retained copy stays (it records the first delivery)
+    EXECUTE format($q$
+        INSERT INTO %s (event_id, topic, key, payload, headers, created_at)
+        SELECT d.event_id, d.topic, d.key, d.payload, d.headers, d.created_at
+          FROM courier.delivered_events d
+         WHERE d.outbox = $1 AND ($2 IS NULL OR d.event_id = ANY ($2))
+           AND ($3 IS NULL OR d.delivered_at >= $3)
+         ORDER BY d.id$q$, outbox)
+    USING outbox, event_ids, delivered_since;
+    GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
 $$;

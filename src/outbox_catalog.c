@@ -138,7 +138,7 @@ courier_refresh_outboxes(List **outboxes)
 					 "    WHERE h.key ~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' AND h.value !~ '[\\r\\n]' "
 					 "      AND lower(h.key) NOT IN ('content-type', 'content-length', 'host', 'idempotency-key', "
 					 "                               'transfer-encoding', 'connection', 'expect')), "
-					 "  c.relowner "
+					 "  c.relowner, o.options ? 'retention' "
 					 "FROM courier.outboxes o JOIN pg_class c ON c.oid = o.outbox "
 					 "JOIN pg_namespace n ON n.oid = c.relnamespace", true, 0);
 	if (rc != SPI_OK_SELECT)
@@ -205,6 +205,9 @@ courier_refresh_outboxes(List **outboxes)
 		ob->origin = MemoryContextStrdup(ob->settings, courier_origin_text(ob->endpoint));
 		ob->breaker = courier_breaker_for(ob->origin);
 		ob->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 19, &isnull));
+		ob->retain = DatumGetBool(SPI_getbinval(tup, desc, 20, &isnull));
+		if (ob->fetch_plan && ob->plans_retain != ob->retain)
+			courier_free_plans(ob);
 	}
 
 	foreach(lc, *outboxes)

@@ -232,7 +232,9 @@ record_outcome(void *arg)
 	{
 		Datum		ids = PointerGetDatum(construct_array(o->ok_ids, o->nok, INT8OID, 8, true, TYPALIGN_DOUBLE));
 
-		if (SPI_execute_plan(ob->delete_plan, &ids, NULL, false, 0) != SPI_OK_DELETE)
+		int			rc = SPI_execute_plan(ob->delete_plan, &ids, NULL, false, 0);
+
+		if (rc != SPI_OK_DELETE && rc != SPI_OK_INSERT)
 			elog(ERROR, "could not delete delivered rows: %s", SPI_result_code_string(SPI_result));
 	}
 	if (o->retry.n > 0)

@@ -85,9 +85,19 @@ courier_make_plans(OutboxState *ob)
 					 "AND next_attempt_at > clock_timestamp()", ob->qname);
 	ob->next_retry_plan = SPI_prepare(sql.data, 0, NULL);
 
+	/* acknowledged rows: deleted, or kept in courier.delivered_events (option "retention") */
 	resetStringInfo(&sql);
-	appendStringInfo(&sql, "DELETE FROM %s WHERE id = ANY($1)", ob->qname);
+	if (ob->retain)
+		appendStringInfo(&sql,
+						 "WITH d AS (DELETE FROM %s WHERE id = ANY($1) RETURNING *) "
+						 "INSERT INTO courier.delivered_events (outbox, outbox_id, event_id, topic, key, payload, "
+						 "  headers, created_at, attempts) "
+						 "SELECT %u::oid::regclass, id, event_id, topic, key, payload, headers, created_at, attempts + 1 FROM d",
+						 ob->qname, ob->relid);
+	else
+		appendStringInfo(&sql, "DELETE FROM %s WHERE id = ANY($1)", ob->qname);
 	ob->delete_plan = SPI_prepare(sql.data, 1, delete_types);
+	ob->plans_retain = ob->retain;
 
 	/* full-jitter exponential backoff ($5 base, $6 cap), never below the endpoint's Retry-After */
 	resetStringInfo(&sql);

@@ -313,6 +313,34 @@ call_void(void *fn)
 }
 
 /*
+ * purge_delivered
+ *		Remove retained delivered events past their outbox's retention (or
+ *		whose outbox is gone or keeps none any more), in small batches.
+ */
+static void
+purge_delivered(void *arg)
+{
+	static TimestampTz last_purge = 0;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (!TimestampDifferenceExceeds(last_purge, now, 10 * 1000))
+		return;
+	last_purge = now;
+	SPI_connect();
+	if (SPI_execute("DELETE FROM courier.delivered_events d WHERE d.id IN ("
+					"  SELECT e.id FROM courier.delivered_events e"
+					"  LEFT JOIN courier.outboxes o ON o.outbox = e.outbox"
+					"  WHERE o.outbox IS NULL OR NOT (o.options ? 'retention')"
+					"     OR e.delivered_at < now() - (o.options ->> 'retention')::interval"
+					"  LIMIT 10000)", false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not purge courier.delivered_events");
+	if (SPI_processed == 10000)
+		last_purge = 0;			/* more may be due */
+	SPI_finish();
+}
+
+
+/*
  * maintenance
  *		Housekeeping of the other capabilities (expired idempotency keys,
  *		saga timeouts), in its own transaction, about once a second.
@@ -330,6 +358,7 @@ maintenance(TimestampTz now)
 		PushActiveSnapshot(GetTransactionSnapshot());
 		courier_run_contained(call_void, (void *) courier_idempotency_maintenance, "idempotency key sweep failed");
 		courier_run_contained(call_void, (void *) courier_saga_maintenance, "saga timeout enforcement failed");
+		courier_run_contained(purge_delivered, NULL, "purging expired delivered events failed");
 		PopActiveSnapshot();
 	}
 	CommitTransactionCommand();

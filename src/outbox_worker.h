@@ -62,6 +62,8 @@ typedef struct OutboxState
 	int			max_attempts;	/* -1: the GUC; 0: forever */
 	bool		block_on_dead;	/* on_dead_letter = 'block' */
 	bool		plans_block;	/* the mode the fetch statement was made for */
+	bool		retain;			/* option "retention": keep delivered rows */
+	bool		plans_retain;	/* the mode the delete statement was made for */
 	bool		tls_verify;
 	const char **static_headers;	/* "Name: value", from the headers option */
 	int			nstatic_headers;

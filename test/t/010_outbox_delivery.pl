@@ -106,6 +106,16 @@ ok(CourierTest::wait_until(sub { $node->safe_psql('postgres', $stats_sql) eq '0|
 	'outbox_stats: nothing pending, deliveries counted, no failures')
   or diag $node->safe_psql('postgres', $stats_sql);
 
+# retention: delivered events are kept (not just deleted) and can be replayed
+$node->safe_psql('postgres', qq{SELECT courier.create_outbox('kept', '$ce_url', 'cloudevents', '{"retention": "1 day"}')});
+my $kept_id = $node->safe_psql('postgres', q{SELECT courier.send('kept', '{"tag": "kept"}', 'kept-key')});
+ok(CourierTest::wait_until(sub { $node->safe_psql('postgres', 'SELECT count(*) FROM courier.delivered_events') == 1 },
+	timeout => 30, what => 'retained'), 'retention: the delivered event is kept in courier.delivered_events');
+is(CourierTest::pending($node, 'kept'), 0, 'retention: and no longer pending');
+is($node->safe_psql('postgres', "SELECT courier.replay_delivered('kept', ARRAY['$kept_id'::uuid])"), 1, 'retention: replay');
+ok($sink->wait_for(sub { $sink->count($kept_id) == 2 }, timeout => 30, what => 'replayed'),
+	'retention: the replayed event is delivered again, with the same event id');
+
 $node->stop;
 $sink->stop;
 done_testing();
