@@ -218,6 +218,7 @@ BEGIN
     SELECT relid, endpoint, format, options ->> 'topic', COALESCE(options, '{}'), c.relowner
       FROM pg_class c WHERE c.oid = relid;
     PERFORM courier._warn_options(relid, COALESCE(options, '{}'));
+    PERFORM courier._wake_at_commit();      -- the worker picks the new outbox up at once
     IF NOT EXISTS (SELECT 1 FROM courier.worker_status() w WHERE w.database = current_database()) THEN
         RAISE NOTICE 'no pg_courier delivery worker is running for database "%": events will wait in %',
                      current_database(), relid
