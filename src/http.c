@@ -296,16 +296,3 @@ courier_http_abandon_all(void)
 	list_free(failed_early);
 	failed_early = NIL;
 }
-
-/*
- * courier_http_running
- *		How many transfers are in progress.
- */
-int
-courier_http_running(void)
-{
-	int			running = 0;
-
-	curl_multi_perform(multi, &running);
-	return running;
-}

@@ -49,7 +49,6 @@ extern CourierHttpRequest *courier_http_post(const CourierHttpOptions *opts, voi
 extern int	courier_http_poll(int timeout_ms);
 extern CourierHttpRequest *courier_http_next_done(void);
 extern void courier_http_release(CourierHttpRequest *req);
-extern int	courier_http_running(void);
 extern void courier_http_abandon_all(void);
 
 #endif							/* COURIER_HTTP_H */
