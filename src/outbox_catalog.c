@@ -62,7 +62,7 @@ new_state(Oid relid)
 	ob->cxt = AllocSetContextCreate(courier_worker_context, "pg_courier outbox", ALLOCSET_SMALL_SIZES);
 	ob->settings = AllocSetContextCreate(ob->cxt, "pg_courier outbox settings", ALLOCSET_SMALL_SIZES);
 	ctl.keysize = sizeof(uint32);
-	ctl.entrysize = sizeof(uint32) + sizeof(int);
+	ctl.entrysize = sizeof(BusyKey);
 	ctl.hcxt = ob->cxt;
 	ob->busy_keys = hash_create("pg_courier busy keys", 256, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	ctl.keysize = sizeof(int64);

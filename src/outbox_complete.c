@@ -280,7 +280,6 @@ release_delivery(Delivery *d)
 	for (int i = 0; i < d->nrows; i++)
 	{
 		uint32		kh = d->keyhashes[i];
-		int		   *count;
 
 		hash_search(ob->inflight_ids, &d->ids[i], HASH_REMOVE, NULL);
 		if (!d->haskey[i])
@@ -289,10 +288,7 @@ release_delivery(Delivery *d)
 			courier_block_key(ob, kh, d->ids[i]);
 		else if (d->result[i] != 0)
 			courier_unblock_key(ob, kh, d->ids[i]);
-		count = hash_search(ob->busy_keys, &kh, HASH_FIND, NULL);
-		if (count && --count[1] <= 0)
-			hash_search(ob->busy_keys, &kh, HASH_REMOVE, NULL);
-		if (!hash_search(ob->busy_keys, &kh, HASH_FIND, NULL) && !courier_key_blocked(ob, kh))
+		if (!courier_key_unbusy(ob, kh) && !courier_key_blocked(ob, kh))
 			courier_key_ready(ob, kh);
 	}
 	ob->inflight--;

@@ -81,8 +81,6 @@ add_row(Delivery *d, const OutboxRow *r, uint32 keyhash)
 {
 	OutboxState *ob = d->ob;
 	MemoryContext old = MemoryContextSwitchTo(d->cxt);
-	bool		found;
-	int		   *count;
 
 	if (d->body.data == NULL)
 	{
@@ -124,10 +122,7 @@ add_row(Delivery *d, const OutboxRow *r, uint32 keyhash)
 
 	hash_search(ob->inflight_ids, &r->id, HASH_ENTER, NULL);
 	if (r->key)
-	{
-		count = hash_search(ob->busy_keys, &keyhash, HASH_ENTER, &found);
-		count[1] = found ? count[1] + 1 : 1;
-	}
+		courier_key_busy(ob, keyhash);
 }
 
 /*
@@ -617,12 +612,7 @@ courier_dispatch_abort(OutboxState *ob)
 		{
 			hash_search(ob->inflight_ids, &d->ids[i], HASH_REMOVE, NULL);
 			if (d->haskey[i])
-			{
-				int		   *count = hash_search(ob->busy_keys, &d->keyhashes[i], HASH_FIND, NULL);
-
-				if (count && --count[1] <= 0)
-					hash_search(ob->busy_keys, &d->keyhashes[i], HASH_REMOVE, NULL);
-			}
+				(void) courier_key_unbusy(ob, d->keyhashes[i]);
 		}
 		if (d->probe)
 			courier_breaker_release_probe(ob->breaker);

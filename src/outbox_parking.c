@@ -234,6 +234,33 @@ courier_parking_clear(OutboxState *ob)
 }
 
 /*
+ * courier_key_busy / courier_key_unbusy
+ *		A row of the key went into a request / its request finished (or was
+ *		undone).  Returns whether the key is still in flight.
+ */
+void
+courier_key_busy(OutboxState *ob, uint32 keyhash)
+{
+	bool		found;
+	BusyKey    *b = hash_search(ob->busy_keys, &keyhash, HASH_ENTER, &found);
+
+	b->rows = found ? b->rows + 1 : 1;
+}
+
+bool
+courier_key_unbusy(OutboxState *ob, uint32 keyhash)
+{
+	BusyKey    *b = hash_search(ob->busy_keys, &keyhash, HASH_FIND, NULL);
+
+	if (b == NULL)
+		return false;
+	if (--b->rows > 0)
+		return true;
+	hash_search(ob->busy_keys, &keyhash, HASH_REMOVE, NULL);
+	return false;
+}
+
+/*
  * courier_block_key
  *		The key waits for a failed row (head_id; 0 when it is not known yet,
  *		e.g. after a restart, when the database said an earlier row failed).

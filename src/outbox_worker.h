@@ -24,6 +24,13 @@ typedef enum CourierFormat
 	COURIER_FORMAT_KAFKA_REST_V2
 } CourierFormat;
 
+/* busy_keys entry: rows of a key in flight */
+typedef struct BusyKey
+{
+	uint32		keyhash;		/* hash key */
+	int			rows;
+} BusyKey;
+
 /* One outbox row as read for delivery (strings in the fetch's context). */
 typedef struct OutboxRow
 {
@@ -145,6 +152,8 @@ extern void courier_block_key(OutboxState *ob, uint32 keyhash, int64 head_id);
 extern bool courier_blocked_for(OutboxState *ob, uint32 keyhash, int64 id);
 extern void courier_unblock_key(OutboxState *ob, uint32 keyhash, int64 id);
 extern bool courier_key_blocked(OutboxState *ob, uint32 keyhash);
+extern void courier_key_busy(OutboxState *ob, uint32 keyhash);
+extern bool courier_key_unbusy(OutboxState *ob, uint32 keyhash);
 
 /* outbox_delivery.c */
 extern void courier_refresh_outboxes(List **outboxes);
