@@ -5,6 +5,57 @@
 -- A fresh CREATE EXTENSION runs pg_courier--0.1.0.sql and then this script (PostgreSQL chains them),
 -- so a fresh install and an upgraded one are the same by construction.
 
+-- (Registration) The schema must be ours alone: a `courier` schema that another role owns, may create objects in,
+-- or has planted objects in would let that role replace what the worker (a superuser) runs.
+-- (Everything here is schema-qualified: the search path points at that very schema.)
+DO $courier_schema_check$
+DECLARE
+    nsp     oid;
+    problem text;
+BEGIN
+    SELECT n.oid INTO nsp FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'courier';
+    SELECT pg_catalog.format('it is owned by role %I, not by a superuser', r.rolname) INTO problem
+      FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) n.nspowner
+     WHERE n.oid OPERATOR(pg_catalog.=) nsp AND NOT r.rolsuper;
+    IF problem IS NULL THEN
+        SELECT pg_catalog.format('role %s may create objects in it',
+                                 COALESCE(pg_catalog.quote_ident(r.rolname), 'PUBLIC')) INTO problem
+          FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
+          LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee
+         WHERE n.oid OPERATOR(pg_catalog.=) nsp AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
+           AND r.rolsuper IS NOT TRUE
+         LIMIT 1;
+    END IF;
+    IF problem IS NULL THEN
+        SELECT pg_catalog.format('it holds objects owned by role %s, not by a superuser',
+                                 COALESCE(pg_catalog.quote_ident(r.rolname), o.owner::pg_catalog.text)) INTO problem
+          FROM (SELECT relowner FROM pg_catalog.pg_class WHERE relnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT proowner FROM pg_catalog.pg_proc WHERE pronamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT typowner FROM pg_catalog.pg_type WHERE typnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT oprowner FROM pg_catalog.pg_operator WHERE oprnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT collowner FROM pg_catalog.pg_collation WHERE collnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT conowner FROM pg_catalog.pg_conversion WHERE connamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT opfowner FROM pg_catalog.pg_opfamily WHERE opfnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT opcowner FROM pg_catalog.pg_opclass WHERE opcnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT cfgowner FROM pg_catalog.pg_ts_config WHERE cfgnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT dictowner FROM pg_catalog.pg_ts_dict WHERE dictnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT stxowner FROM pg_catalog.pg_statistic_ext WHERE stxnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT extowner FROM pg_catalog.pg_extension WHERE extnamespace OPERATOR(pg_catalog.=) nsp
+               ) o(owner)
+          LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) o.owner
+         WHERE r.rolsuper IS NOT TRUE
+         LIMIT 1;
+    END IF;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'schema "courier" cannot hold pg_courier: %', problem
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'pg_courier''s delivery worker runs as a superuser and trusts the objects in its schema.',
+                  HINT = 'Drop the schema (DROP SCHEMA courier), or make a superuser its owner and remove what other '
+                         'roles created or may create in it; then try again.';
+    END IF;
+END
+$courier_schema_check$;
+
 ------------------------------------------------------------------------------------------------------
 -- Identity: owner code runs as its owner, restricted; readers never run another role's code
 ------------------------------------------------------------------------------------------------------
@@ -12,6 +63,431 @@
 ------------------------------------------------------------------------------------------------------
 -- Registration: only real outbox tables; bounded options; DROP TABLE unregisters
 ------------------------------------------------------------------------------------------------------
+
+-- What may be registered (C, src/outbox_shape.c): NULL for a real outbox, else what is wrong with it.
+-- complete => false checks the structure only (kind, columns), not the unique index on id and the
+-- triggers: pg_dump restores courier.outboxes before it creates those.
+CREATE FUNCTION courier._outbox_shape_problem(outbox regclass, complete boolean DEFAULT true)
+RETURNS text LANGUAGE C STABLE STRICT AS 'MODULE_PATHNAME', 'courier_outbox_shape_problem_sql';
+
+-- BEFORE UPDATE row trigger on every outbox: id, event_id and key are fixed; payload, headers and
+-- topic stay within courier.max_payload_bytes.
+CREATE FUNCTION courier._outbox_before_update()
+RETURNS trigger LANGUAGE C AS 'MODULE_PATHNAME', 'courier_outbox_before_update';
+
+-- Outboxes registered before 0.2.0 get the UPDATE trigger (tables that are gone or are not tables
+-- are left to the worker's report).
+DO $add_update_trigger$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT o.outbox FROM courier.outboxes o JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) o.outbox
+              WHERE c.relkind OPERATOR(pg_catalog.=) 'r'
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                                 WHERE t.tgrelid OPERATOR(pg_catalog.=) c.oid
+                                   AND t.tgname OPERATOR(pg_catalog.=) 'courier_outbox_update') LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER courier_outbox_update BEFORE UPDATE ON %s
+                                   FOR EACH ROW EXECUTE FUNCTION courier._outbox_before_update()', r.outbox);
+    END LOOP;
+END
+$add_update_trigger$;
+
+-- The bounds of options that override a GUC, from the GUC's own definition (src/outbox_options.c).
+CREATE FUNCTION courier._option_bounds(option text, OUT setting text, OUT min_val bigint, OUT max_val bigint)
+RETURNS record LANGUAGE C STABLE STRICT AS 'MODULE_PATHNAME', 'courier_option_bounds';
+
+-- Options: integers within their GUC's bounds; retention positive and at most 10 years (an audit
+-- trail, not an archive: and now() - retention must stay far inside the timestamp range).
+CREATE OR REPLACE FUNCTION courier._validate_options(options jsonb, format text)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k text;
+    b record;
+    allowed constant jsonb := '{"topic": "string", "batch": "boolean", "batch_size": "number",
+                               "max_inflight": "number", "timeout_ms": "number",
+                               "source": "string", "envelope": "string",
+                               "retry_base_ms": "number", "retry_max_ms": "number",
+                               "max_attempts": "number", "on_dead_letter": "string",
+                               "tls_verify": "boolean", "headers": "object", "retention": "string"}';
+    retention_max constant interval := interval '10 years';
+    retention_ok boolean;
+BEGIN
+    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'outbox options must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example: ''{"topic": "orders"}''';
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(options) LOOP
+        IF NOT allowed ? k THEN
+            RAISE EXCEPTION 'unknown outbox option "%"', k
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Known options: ' || (SELECT string_agg(x, ', ' ORDER BY x) FROM jsonb_object_keys(allowed) x);
+        END IF;
+        IF jsonb_typeof(options -> k) <> allowed ->> k THEN
+            RAISE EXCEPTION 'outbox option "%" must be a %', k, allowed ->> k
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF allowed ->> k = 'number' THEN
+            b := courier._option_bounds(k);
+            IF (options ->> k)::numeric <> trunc((options ->> k)::numeric)
+               OR (options ->> k)::numeric NOT BETWEEN b.min_val AND b.max_val THEN
+                RAISE EXCEPTION 'outbox option "%" must be an integer from % to %', k, b.min_val, b.max_val
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = format('These are the bounds of the setting %s, which the option overrides.', b.setting);
+            END IF;
+        END IF;
+    END LOOP;
+    IF options ? 'retention' THEN
+        BEGIN
+            retention_ok := extract(epoch FROM (options ->> 'retention')::interval)
+                            BETWEEN 1e-6 AND extract(epoch FROM retention_max);
+        EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR interval_field_overflow
+                       OR syntax_error OR numeric_value_out_of_range THEN
+            retention_ok := false;
+        END;
+        IF NOT retention_ok THEN
+            RAISE EXCEPTION 'outbox option "retention" must be a positive interval of at most %, not "%"',
+                            retention_max, options ->> 'retention'
+                USING ERRCODE = 'invalid_parameter_value', HINT = 'For example {"retention": "7 days"}.';
+        END IF;
+    END IF;
+    IF options ? 'on_dead_letter' AND options ->> 'on_dead_letter' NOT IN ('skip', 'block') THEN
+        RAISE EXCEPTION 'outbox option "on_dead_letter" must be ''skip'' or ''block'''
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'skip: later events of the key flow; block: the key waits until an operator acts.';
+    END IF;
+    IF options ? 'headers' AND EXISTS (
+           SELECT 1 FROM jsonb_each(options -> 'headers') h
+            WHERE jsonb_typeof(h.value) <> 'string' OR h.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$'
+               OR h.value #>> '{}' ~ '[\r\n]'
+               OR lower(h.key) IN ('content-type', 'content-length', 'host', 'idempotency-key',
+                                   'transfer-encoding', 'connection', 'expect')) THEN
+        RAISE EXCEPTION 'outbox option "headers" must map valid HTTP header names to string values'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example {"headers": {"Authorization": "Bearer ..."}}; protocol headers cannot be set.';
+    END IF;
+    IF options ? 'envelope' AND options ->> 'envelope' NOT IN ('cloudevents', 'none') THEN
+        RAISE EXCEPTION 'outbox option "envelope" must be ''cloudevents'' or ''none'''
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF format = 'kafka_rest_v2' AND options ? 'batch' THEN
+        RAISE EXCEPTION 'outbox option "batch" applies to the cloudevents format only'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'kafka_rest_v2 always sends records in batches.';
+    END IF;
+END
+$$;
+
+-- Options stored before 0.2.0 outside those bounds are brought inside them (with a NOTICE), without
+-- re-running the other registration checks on old rows.
+DO $clamp_options$
+DECLARE
+    r     record;
+    b     record;
+    k     text;
+    fixed jsonb;
+BEGIN
+    ALTER TABLE courier.outboxes DISABLE TRIGGER outboxes_check;
+    FOR r IN SELECT o.outbox, o.options FROM courier.outboxes o LOOP
+        fixed := r.options;
+        FOR k IN SELECT pg_catalog.jsonb_object_keys(r.options) LOOP
+            SELECT * INTO b FROM courier._option_bounds(k);
+            IF b.setting IS NOT NULL AND pg_catalog.jsonb_typeof(r.options -> k) OPERATOR(pg_catalog.=) 'number' THEN
+                fixed := pg_catalog.jsonb_set(fixed, ARRAY[k], pg_catalog.to_jsonb(
+                             LEAST(GREATEST(pg_catalog.trunc((r.options ->> k)::pg_catalog.numeric), b.min_val), b.max_val)));
+            END IF;
+        END LOOP;
+        IF r.options ? 'retention' AND extract(epoch FROM (r.options ->> 'retention')::pg_catalog.interval)
+                                       OPERATOR(pg_catalog.>) extract(epoch FROM interval '10 years') THEN
+            fixed := pg_catalog.jsonb_set(fixed, '{retention}', '"10 years"');
+        END IF;
+        IF fixed OPERATOR(pg_catalog.<>) r.options THEN
+            RAISE WARNING 'options of outbox % brought within their bounds: % (were %)', r.outbox, fixed, r.options;
+            UPDATE courier.outboxes o SET options = fixed WHERE o.outbox OPERATOR(pg_catalog.=) r.outbox;
+        END IF;
+    END LOOP;
+    ALTER TABLE courier.outboxes ENABLE TRIGGER outboxes_check;
+END
+$clamp_options$;
+
+-- Direct writes to courier.outboxes: the relation must have the structure of an outbox (the
+-- worker and courier.outbox_stats read it, the latter as whoever asks), and a registration stays
+-- with its table.
+CREATE OR REPLACE FUNCTION courier._outboxes_check() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    problem text;
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.outbox IS DISTINCT FROM OLD.outbox THEN
+        RAISE EXCEPTION 'the table of a registered outbox cannot be changed (from % to %)', OLD.outbox, NEW.outbox
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Register the other table with courier.adopt_outbox() and drop this registration.';
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        problem := courier._outbox_shape_problem(NEW.outbox, false);
+        IF problem IS NOT NULL THEN
+            PERFORM courier._refuse_outbox(NEW.outbox, problem);
+        END IF;
+    END IF;
+    PERFORM courier._validate_endpoint(NEW.endpoint, NEW.format);
+    PERFORM courier._validate_options(NEW.options, NEW.format);
+    IF NEW.default_topic IS DISTINCT FROM NEW.options ->> 'topic' THEN
+        NEW.default_topic := NEW.options ->> 'topic';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- The one error for a relation that cannot be an outbox.
+CREATE FUNCTION courier._refuse_outbox(outbox regclass, problem text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'relation % cannot be a pg_courier outbox: %', outbox, problem
+        USING ERRCODE = 'wrong_object_type',
+              HINT = 'Create outboxes with courier.create_outbox(), or register an ordinary table with the '
+                     'outbox columns with courier.adopt_outbox() (see doc/outbox.md).';
+END
+$$;
+
+-- The arguments create_outbox and adopt_outbox share.
+CREATE FUNCTION courier._outbox_check_args(endpoint text, format text, options jsonb) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF endpoint IS NULL OR format IS NULL THEN
+        RAISE EXCEPTION 'outbox name, endpoint and format must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF format NOT IN ('cloudevents', 'kafka_rest_v2') THEN
+        RAISE EXCEPTION 'unknown outbox format "%"', format
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use ''cloudevents'' or ''kafka_rest_v2''.';
+    END IF;
+    PERFORM courier._validate_endpoint(endpoint, format);
+    PERFORM courier._validate_options(COALESCE(options, '{}'), format);
+END
+$$;
+
+-- Equip a table with the outbox columns as an outbox and register it: the id sequence (ids go on
+-- after the table's rows), the index of failed rows, pg_courier's triggers (each only if missing),
+-- then the complete shape check and the registration.  Runs as the caller, who owns the table.
+CREATE FUNCTION courier._outbox_attach(relid regclass, endpoint text, format text, options jsonb)
+RETURNS regclass LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    nsp     text;
+    rel     text;
+    seq     text;
+    ddl     text;
+    problem text;
+BEGIN
+    SELECT n.nspname, c.relname INTO nsp, rel
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = relid;
+    IF pg_get_serial_sequence(relid::text, 'id') IS NULL THEN
+        seq := format('%I.%I', nsp, left(rel, 56) || '_id_seq');
+        EXECUTE format('CREATE SEQUENCE %s OWNED BY %s.id', seq, relid);
+        EXECUTE format('SELECT setval(%L, max(id)) FROM %s HAVING max(id) > 0', seq, relid);
+    END IF;
+    -- Rows that failed and the keys they block: small, so the worker's per-key check stays cheap.
+    IF NOT EXISTS (SELECT 1 FROM pg_index i
+                    WHERE i.indrelid = relid AND i.indpred IS NOT NULL AND i.indexprs IS NULL
+                      AND i.indkey::int2[] = ARRAY(SELECT a.attnum FROM unnest(ARRAY['key', 'id']) WITH ORDINALITY k(name, ord)
+                                                     JOIN pg_attribute a ON a.attrelid = relid AND a.attname = k.name
+                                                    ORDER BY k.ord)) THEN
+        EXECUTE format('CREATE INDEX ON %s (key, id) WHERE attempts > 0', relid);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger t
+                    WHERE t.tgrelid = relid AND t.tgfoid = 'courier._outbox_before_insert()'::regprocedure) THEN
+        EXECUTE format('CREATE TRIGGER courier_outbox_insert BEFORE INSERT ON %s
+                        FOR EACH ROW EXECUTE FUNCTION courier._outbox_before_insert()', relid);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger t
+                    WHERE t.tgrelid = relid AND t.tgfoid = 'courier._outbox_before_update()'::regprocedure) THEN
+        EXECUTE format('CREATE TRIGGER courier_outbox_update BEFORE UPDATE ON %s
+                        FOR EACH ROW EXECUTE FUNCTION courier._outbox_before_update()', relid);
+    END IF;
+    -- the defaults producers rely on (courier.send gives neither event_id nor created_at)
+    SELECT string_agg(format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', relid, d.col, d.expr), '; ') INTO ddl
+      FROM (VALUES ('event_id', 'gen_random_uuid()'), ('created_at', 'now()'), ('attempts', '0')) d(col, expr)
+      JOIN pg_attribute a ON a.attrelid = relid AND a.attname = d.col AND NOT a.atthasdef;
+    IF ddl IS NOT NULL THEN
+        EXECUTE ddl;
+    END IF;
+    -- (not the endpoint: comments are readable by everyone, endpoints may hold credentials)
+    IF obj_description(relid, 'pg_class') IS NULL THEN
+        EXECUTE format('COMMENT ON TABLE %s IS %L', relid, 'pg_courier outbox (see courier.outboxes)');
+    END IF;
+    problem := courier._outbox_shape_problem(relid, true);
+    IF problem IS NOT NULL THEN
+        PERFORM courier._refuse_outbox(relid, problem);
+    END IF;
+
+    -- the caller owns the table; the row-level security policy checks exactly that
+    INSERT INTO courier.outboxes (outbox, endpoint, format, default_topic, options, owner)
+    SELECT relid, endpoint, format, options ->> 'topic', COALESCE(options, '{}'), c.relowner
+      FROM pg_class c WHERE c.oid = relid;
+    PERFORM courier._warn_options(relid, COALESCE(options, '{}'));
+    PERFORM courier._wake_at_commit();      -- the worker picks the new outbox up at once
+    IF NOT EXISTS (SELECT 1 FROM courier.worker_status() w WHERE w.database = current_database()) THEN
+        RAISE NOTICE 'no pg_courier delivery worker is running for database "%": events will wait in %',
+                     current_database(), relid
+            USING HINT = 'Add pg_courier to shared_preload_libraries and this database to courier.databases.';
+    END IF;
+    RETURN relid;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION courier.create_outbox(outbox text, endpoint text, format text DEFAULT 'cloudevents',
+                                                 options jsonb DEFAULT '{}')
+RETURNS regclass LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ident  text[];
+    nsp    text;
+    rel    text;
+    qname  text;
+BEGIN
+    IF outbox IS NULL THEN
+        RAISE EXCEPTION 'outbox name, endpoint and format must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM courier._outbox_check_args(endpoint, format, options);
+
+    -- parse_ident() follows SQL's identifier rules: "My Table" keeps its case, a;b is rejected.
+    BEGIN
+        ident := parse_ident(outbox);
+    EXCEPTION WHEN invalid_parameter_value THEN
+        RAISE EXCEPTION 'invalid outbox name "%"', outbox
+            USING ERRCODE = 'invalid_name', HINT = 'Use a table name or schema.table, quoting identifiers as in SQL.';
+    END;
+    IF array_length(ident, 1) > 2 THEN
+        RAISE EXCEPTION 'invalid outbox name "%": too many dotted names', outbox USING ERRCODE = 'invalid_name';
+    END IF;
+    nsp := CASE WHEN array_length(ident, 1) = 2 THEN ident[1] ELSE 'public' END;
+    rel := ident[array_length(ident, 1)];
+    qname := format('%I.%I', nsp, rel);
+    IF to_regnamespace(quote_ident(nsp)) IS NULL THEN
+        RAISE EXCEPTION 'schema "%" does not exist', nsp
+            USING ERRCODE = 'invalid_schema_name', HINT = 'Create the schema first, or leave it out to use public.';
+    END IF;
+    IF to_regclass(qname) IS NOT NULL THEN
+        RAISE EXCEPTION 'relation % already exists', qname
+            USING ERRCODE = 'duplicate_table',
+                  HINT = 'Choose another name, drop the existing table first, or register it with courier.adopt_outbox().';
+    END IF;
+
+    EXECUTE format($ddl$
+        CREATE TABLE %1$s (
+            id              bigint      NOT NULL PRIMARY KEY,
+            event_id        uuid        NOT NULL DEFAULT gen_random_uuid() UNIQUE,
+            topic           text,
+            key             text,
+            payload         jsonb       NOT NULL,
+            headers         jsonb       CHECK (headers IS NULL OR jsonb_typeof(headers) = 'object'),
+            created_at      timestamptz NOT NULL DEFAULT now(),
+            attempts        integer     NOT NULL DEFAULT 0,
+            next_attempt_at timestamptz,
+            first_failed_at timestamptz,
+            last_status     integer,
+            last_error      text
+        ) WITH (
+            -- delivered rows are deleted all the time: vacuum early and without throttling
+            autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 20000,
+            autovacuum_vacuum_insert_scale_factor = 0.0, autovacuum_vacuum_insert_threshold = 50000,
+            autovacuum_vacuum_cost_delay = 0, fillfactor = 90
+        )$ddl$, qname);
+    RETURN courier._outbox_attach(qname::regclass, endpoint, format, options);
+END
+$$;
+
+-- Register an existing table that has the outbox columns (one restored on its own, or kept after
+-- DROP EXTENSION pg_courier CASCADE): the same checks and the same equipment as create_outbox.
+CREATE FUNCTION courier.adopt_outbox(outbox regclass, endpoint text, format text DEFAULT 'cloudevents',
+                                     options jsonb DEFAULT '{}')
+RETURNS regclass LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    problem text;
+BEGIN
+    IF outbox IS NULL THEN
+        RAISE EXCEPTION 'outbox name, endpoint and format must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM courier._outbox_check_args(endpoint, format, options);
+    IF pg_has_role(courier._table_owner(outbox), 'USAGE') IS NOT TRUE THEN
+        RAISE EXCEPTION 'must be owner of table % to make it an outbox', outbox
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    -- no concurrent change of the table between the checks and the registration
+    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', outbox);
+    IF EXISTS (SELECT 1 FROM courier.outboxes o WHERE o.outbox = adopt_outbox.outbox) THEN
+        RAISE EXCEPTION 'table % is already an outbox', outbox
+            USING ERRCODE = 'duplicate_object', HINT = 'Change its settings with courier.alter_outbox().';
+    END IF;
+    problem := courier._outbox_shape_problem(outbox, false);
+    IF problem IS NOT NULL THEN
+        PERFORM courier._refuse_outbox(outbox, problem);
+    END IF;
+    RETURN courier._outbox_attach(outbox, endpoint, format, options);
+END
+$$;
+
+-- Readers of courier.outbox_stats count rows of the outbox as themselves: only after the table is
+-- locked (no concurrent conversion into a view) and found to be a real outbox; otherwise NULLs.
+CREATE OR REPLACE FUNCTION courier._outbox_pending(outbox regclass, OUT pending bigint, OUT oldest_created_at timestamptz)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF courier._outbox_shape_problem(outbox, false) IS NULL AND has_table_privilege(outbox, 'SELECT') THEN
+        EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', outbox);
+        IF courier._outbox_shape_problem(outbox, false) IS NULL THEN
+            EXECUTE format('SELECT count(*), min(created_at) FROM %s', outbox) INTO pending, oldest_created_at;
+        END IF;
+    END IF;
+END
+$$;
+
+-- DROP TABLE (DROP SCHEMA ... CASCADE, DROP OWNED BY) of an outbox removes its registration; its
+-- dead letters and retained delivered events stay as evidence, under the table's name (outbox_name)
+-- instead of an OID a later table could inherit.  SECURITY DEFINER: the registration of a dropped
+-- table is invisible through row-level security (its owner can no longer be looked up).  It acts
+-- only on the OIDs PostgreSQL reports as dropped.
+ALTER TABLE courier.dead_letters ALTER COLUMN outbox DROP NOT NULL, ADD COLUMN outbox_name text,
+    ADD CONSTRAINT dead_letters_outbox_known CHECK (outbox IS NOT NULL OR outbox_name IS NOT NULL);
+ALTER TABLE courier.delivered_events ALTER COLUMN outbox DROP NOT NULL, ADD COLUMN outbox_name text,
+    ADD CONSTRAINT delivered_events_outbox_known CHECK (outbox IS NOT NULL OR outbox_name IS NOT NULL);
+COMMENT ON COLUMN courier.dead_letters.outbox_name IS 'The outbox table''s name once it was dropped (outbox is NULL then)';
+COMMENT ON COLUMN courier.delivered_events.outbox_name IS 'The outbox table''s name once it was dropped (outbox is NULL then)';
+
+CREATE FUNCTION courier._outbox_dropped() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ids   oid[];
+    names jsonb;
+BEGIN
+    SELECT array_agg(d.objid), jsonb_object_agg(d.objid::text, d.object_identity) INTO ids, names
+      FROM pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.object_type = 'table';
+    -- (DROP EXTENSION pg_courier: our own tables are among the dropped ones)
+    IF ids IS NULL OR to_regclass('courier.outboxes') IS NULL THEN
+        RETURN;
+    END IF;
+    DELETE FROM courier.outboxes o WHERE o.outbox = ANY (ids::regclass[]);
+    IF FOUND THEN
+        PERFORM courier._wake_at_commit();
+    END IF;
+    UPDATE courier.dead_letters d SET outbox = NULL, outbox_name = names ->> d.outbox::oid::text
+     WHERE d.outbox = ANY (ids::regclass[]);
+    UPDATE courier.delivered_events d SET outbox = NULL, outbox_name = names ->> d.outbox::oid::text
+     WHERE d.outbox = ANY (ids::regclass[]);
+END
+$$;
+REVOKE ALL ON FUNCTION courier._outbox_dropped() FROM PUBLIC;
+CREATE EVENT TRIGGER courier_outbox_dropped ON sql_drop EXECUTE FUNCTION courier._outbox_dropped();
+
+-- Registrations left behind by tables dropped before 0.2.0, and the OIDs their evidence kept.
+DELETE FROM courier.outboxes o
+ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) o.outbox);
+UPDATE courier.dead_letters d SET outbox = NULL, outbox_name = 'OID ' || d.outbox::oid || ' (dropped before pg_courier 0.2.0)'
+ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) d.outbox);
+UPDATE courier.delivered_events d SET outbox = NULL, outbox_name = 'OID ' || d.outbox::oid || ' (dropped before pg_courier 0.2.0)'
+ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) d.outbox);
+-- And pg_dump never writes a registration under a bare OID, should one exist (the event trigger
+-- does not fire in single-user mode).
+SELECT pg_catalog.pg_extension_config_dump('courier.outboxes',
+    'WHERE outbox::pg_catalog.oid OPERATOR(pg_catalog.=) ANY (SELECT oid FROM pg_catalog.pg_class)');
 
 ------------------------------------------------------------------------------------------------------
 -- Untrusted rows and broken outboxes: status in outbox_stats

@@ -2,6 +2,57 @@
 
 \echo Use "CREATE EXTENSION pg_courier" to load this file. \quit
 
+-- The schema must be ours alone: a `courier` schema that another role owns, may create objects in,
+-- or has planted objects in would let that role replace what the worker (a superuser) runs.
+-- (Everything here is schema-qualified: the search path points at that very schema.)
+DO $courier_schema_check$
+DECLARE
+    nsp     oid;
+    problem text;
+BEGIN
+    SELECT n.oid INTO nsp FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'courier';
+    SELECT pg_catalog.format('it is owned by role %I, not by a superuser', r.rolname) INTO problem
+      FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) n.nspowner
+     WHERE n.oid OPERATOR(pg_catalog.=) nsp AND NOT r.rolsuper;
+    IF problem IS NULL THEN
+        SELECT pg_catalog.format('role %s may create objects in it',
+                                 COALESCE(pg_catalog.quote_ident(r.rolname), 'PUBLIC')) INTO problem
+          FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
+          LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee
+         WHERE n.oid OPERATOR(pg_catalog.=) nsp AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
+           AND r.rolsuper IS NOT TRUE
+         LIMIT 1;
+    END IF;
+    IF problem IS NULL THEN
+        SELECT pg_catalog.format('it holds objects owned by role %s, not by a superuser',
+                                 COALESCE(pg_catalog.quote_ident(r.rolname), o.owner::pg_catalog.text)) INTO problem
+          FROM (SELECT relowner FROM pg_catalog.pg_class WHERE relnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT proowner FROM pg_catalog.pg_proc WHERE pronamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT typowner FROM pg_catalog.pg_type WHERE typnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT oprowner FROM pg_catalog.pg_operator WHERE oprnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT collowner FROM pg_catalog.pg_collation WHERE collnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT conowner FROM pg_catalog.pg_conversion WHERE connamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT opfowner FROM pg_catalog.pg_opfamily WHERE opfnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT opcowner FROM pg_catalog.pg_opclass WHERE opcnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT cfgowner FROM pg_catalog.pg_ts_config WHERE cfgnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT dictowner FROM pg_catalog.pg_ts_dict WHERE dictnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT stxowner FROM pg_catalog.pg_statistic_ext WHERE stxnamespace OPERATOR(pg_catalog.=) nsp
+                UNION ALL SELECT extowner FROM pg_catalog.pg_extension WHERE extnamespace OPERATOR(pg_catalog.=) nsp
+               ) o(owner)
+          LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) o.owner
+         WHERE r.rolsuper IS NOT TRUE
+         LIMIT 1;
+    END IF;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'schema "courier" cannot hold pg_courier: %', problem
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'pg_courier''s delivery worker runs as a superuser and trusts the objects in its schema.',
+                  HINT = 'Drop the schema (DROP SCHEMA courier), or make a superuser its owner and remove what other '
+                         'roles created or may create in it; then try again.';
+    END IF;
+END
+$courier_schema_check$;
+
 -- The extension schema (courier) is created by CREATE EXTENSION (control file: schema = courier).
 -- Every function below runs with a fixed search_path so that objects in the caller's path can never
 -- shadow ours; SECURITY DEFINER is used only where a caller must write an extension catalog.

@@ -2,7 +2,8 @@
  *
  * outbox_producer.c
  *	  The producer side of an outbox: the row trigger that assigns ids and
- *	  registers keys, courier.send(), and endpoint validation/redaction.
+ *	  registers keys, the row trigger that guards updates, courier.send(),
+ *	  and endpoint validation/redaction.
  *
  * Producers pay for every microsecond here, so the trigger caches what it
  * needs per outbox (column numbers, the id sequence) and courier.send()
@@ -27,6 +28,7 @@
 #include "miscadmin.h"
 #include "parser/parse_func.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
@@ -39,6 +41,7 @@
 #include "outbox_registry.h"
 
 PG_FUNCTION_INFO_V1(courier_outbox_before_insert);
+PG_FUNCTION_INFO_V1(courier_outbox_before_update);
 PG_FUNCTION_INFO_V1(courier_send);
 PG_FUNCTION_INFO_V1(courier_validate_endpoint);
 PG_FUNCTION_INFO_V1(courier_redact_url);
@@ -52,6 +55,9 @@ typedef struct OutboxCacheEntry
 	AttrNumber	att_id;
 	AttrNumber	att_key;
 	AttrNumber	att_payload;
+	AttrNumber	att_event_id;	/* (these three: InvalidAttrNumber if absent) */
+	AttrNumber	att_topic;
+	AttrNumber	att_headers;
 	SPIPlanPtr	send_plan;
 } OutboxCacheEntry;
 
@@ -113,6 +119,7 @@ outbox_cache_lookup(Relation rel)
 		return e;
 
 	e->att_id = e->att_key = e->att_payload = InvalidAttrNumber;
+	e->att_event_id = e->att_topic = e->att_headers = InvalidAttrNumber;
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -125,6 +132,12 @@ outbox_cache_lookup(Relation rel)
 			e->att_key = att->attnum;
 		else if (strcmp(NameStr(att->attname), "payload") == 0 && att->atttypid == JSONBOID)
 			e->att_payload = att->attnum;
+		else if (strcmp(NameStr(att->attname), "event_id") == 0 && att->atttypid == UUIDOID)
+			e->att_event_id = att->attnum;
+		else if (strcmp(NameStr(att->attname), "topic") == 0 && att->atttypid == TEXTOID)
+			e->att_topic = att->attnum;
+		else if (strcmp(NameStr(att->attname), "headers") == 0 && att->atttypid == JSONBOID)
+			e->att_headers = att->attnum;
 	}
 	seqs = getOwnedSequences(rel->rd_id);
 	e->seqid = (seqs != NIL) ? linitial_oid(seqs) : InvalidOid;
@@ -138,6 +151,47 @@ outbox_cache_lookup(Relation rel)
 				 errhint("Create outboxes with courier.create_outbox().")));
 	e->valid = true;
 	return e;
+}
+
+/*
+ * check_event_size
+ *		courier.max_payload_bytes holds for each variable-length column of an
+ *		event (payload, headers, topic, key): the worker holds whole batches
+ *		of rows in memory.  With oldtup (an UPDATE), a column whose value did
+ *		not change is not checked again, so the worker can still record a
+ *		failure on a row written under a larger limit.
+ */
+static void
+check_event_size(Relation rel, AttrNumber attnum, HeapTuple newtup, HeapTuple oldtup)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	bool		isnull;
+	bool		oldnull;
+	Datum		d;
+	Size		size;
+
+	if (attnum == InvalidAttrNumber)
+		return;
+	d = heap_getattr(newtup, attnum, desc, &isnull);
+	if (isnull)
+		return;
+	if (oldtup != NULL)
+	{
+		Datum		old = heap_getattr(oldtup, attnum, desc, &oldnull);
+
+		if (!oldnull && datumIsEqual(old, d, false, -1))
+			return;
+	}
+	size = toast_raw_datum_size(d) - VARHDRSZ;
+	if (size > (Size) courier_max_payload_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 strcmp(NameStr(TupleDescAttr(desc, attnum - 1)->attname), "payload") == 0
+				 ? errmsg("event payload is too large: %zu bytes", size)
+				 : errmsg("event column \"%s\" is too large: %zu bytes",
+						  NameStr(TupleDescAttr(desc, attnum - 1)->attname), size),
+				 errdetail("courier.max_payload_bytes is %d.", courier_max_payload_bytes),
+				 errhint("Send a reference to the data instead, or raise courier.max_payload_bytes.")));
 }
 
 /*
@@ -172,14 +226,10 @@ courier_outbox_before_insert(PG_FUNCTION_ARGS)
 	tuple = trigdata->tg_trigtuple;
 	e = outbox_cache_lookup(rel);
 
-	d = heap_getattr(tuple, e->att_payload, RelationGetDescr(rel), &isnull);
-	if (!isnull && toast_raw_datum_size(d) - VARHDRSZ > (Size) courier_max_payload_bytes)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("event payload is too large: %zu bytes",
-						(size_t) (toast_raw_datum_size(d) - VARHDRSZ)),
-				 errdetail("courier.max_payload_bytes is %d.", courier_max_payload_bytes),
-				 errhint("Send a reference to the data instead, or raise courier.max_payload_bytes.")));
+	check_event_size(rel, e->att_payload, tuple, NULL);
+	check_event_size(rel, e->att_headers, tuple, NULL);
+	check_event_size(rel, e->att_topic, tuple, NULL);
+	check_event_size(rel, e->att_key, tuple, NULL);
 
 	d = heap_getattr(tuple, e->att_key, RelationGetDescr(rel), &isnull);
 	if (!isnull)
@@ -200,6 +250,84 @@ courier_outbox_before_insert(PG_FUNCTION_ARGS)
 	cols[0] = e->att_id;
 	vals[0] = Int64GetDatum(id);
 	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, RelationGetDescr(rel), 1, cols, vals, nulls));
+}
+
+/*
+ * column_changed
+ *		Does an UPDATE change the column (NULL to value and back included)?
+ *		Compared by value: an UPDATE that sets a column to what it was is no
+ *		change, whatever its storage.
+ */
+static bool
+column_changed(Relation rel, AttrNumber attnum, HeapTuple newtup, HeapTuple oldtup)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	Form_pg_attribute att = TupleDescAttr(desc, attnum - 1);
+	bool		newnull;
+	bool		oldnull;
+	Datum		n = heap_getattr(newtup, attnum, desc, &newnull);
+	Datum		o = heap_getattr(oldtup, attnum, desc, &oldnull);
+
+	if (newnull || oldnull)
+		return newnull != oldnull;
+	if (att->attlen == -1)
+	{
+		n = PointerGetDatum(PG_DETOAST_DATUM_PACKED(n));
+		o = PointerGetDatum(PG_DETOAST_DATUM_PACKED(o));
+		return VARSIZE_ANY_EXHDR(DatumGetPointer(n)) != VARSIZE_ANY_EXHDR(DatumGetPointer(o)) ||
+			memcmp(VARDATA_ANY(DatumGetPointer(n)), VARDATA_ANY(DatumGetPointer(o)),
+				   VARSIZE_ANY_EXHDR(DatumGetPointer(n))) != 0;
+	}
+	return !datumIsEqual(n, o, att->attbyval, att->attlen);
+}
+
+/*
+ * courier_outbox_before_update
+ *		BEFORE UPDATE FOR EACH ROW on every outbox: an event's identity (id,
+ *		event_id) and its place in its key's order (key) are fixed once it
+ *		is written: the peer may already have it under that identity, and the
+ *		worker tracks keys in flight.  Everything else may change (the worker
+ *		records failures; owners may correct payloads), within
+ *		courier.max_payload_bytes.
+ */
+Datum
+courier_outbox_before_update(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	OutboxCacheEntry *e;
+	HeapTuple	newtup;
+	HeapTuple	oldtup;
+	AttrNumber	fixed[3];
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("courier._outbox_before_update() must be a BEFORE UPDATE FOR EACH ROW trigger")));
+
+	rel = trigdata->tg_relation;
+	newtup = trigdata->tg_newtuple;
+	oldtup = trigdata->tg_trigtuple;
+	e = outbox_cache_lookup(rel);
+
+	fixed[0] = e->att_id;
+	fixed[1] = e->att_event_id;
+	fixed[2] = e->att_key;
+	for (int i = 0; i < lengthof(fixed); i++)
+		if (fixed[i] != InvalidAttrNumber && column_changed(rel, fixed[i], newtup, oldtup))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("the %s of an event in outbox \"%s\" cannot be changed",
+							NameStr(TupleDescAttr(RelationGetDescr(rel), fixed[i] - 1)->attname),
+							RelationGetRelationName(rel)),
+					 errdetail("id, event_id and key identify an event and its place in its key's order."),
+					 errhint("Delete the event and send a new one instead.")));
+
+	check_event_size(rel, e->att_payload, newtup, oldtup);
+	check_event_size(rel, e->att_headers, newtup, oldtup);
+	check_event_size(rel, e->att_topic, newtup, oldtup);
+	return PointerGetDatum(newtup);
 }
 
 /*
