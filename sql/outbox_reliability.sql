@@ -17,7 +17,28 @@ SELECT courier.create_outbox('rel_bad7', 'http://127.0.0.1:9/x', 'cloudevents', 
 SELECT courier.create_outbox('rel_tls', 'https://127.0.0.1:9/x', 'cloudevents', '{"tls_verify": false}');
 SELECT courier.create_outbox('rel_bad8', 'http://127.0.0.1:9/x', 'cloudevents', '{"retention": "soon"}');
 SELECT courier.create_outbox('rel_bad9', 'http://127.0.0.1:9/x', 'cloudevents', '{"retention": "-1 day"}');
+-- options that override a setting have the setting's bounds; retention at most 10 years
+SELECT courier.create_outbox('rel_bad10', 'http://127.0.0.1:9/x', 'cloudevents', '{"max_inflight": 3000}');
+SELECT courier.create_outbox('rel_bad11', 'http://127.0.0.1:9/x', 'cloudevents', '{"batch_size": 2147483647}');
+SELECT courier.create_outbox('rel_bad12', 'http://127.0.0.1:9/x', 'cloudevents', '{"timeout_ms": 99}');
+SELECT courier.create_outbox('rel_bad13', 'http://127.0.0.1:9/x', 'cloudevents', '{"retry_max_ms": 86400001}');
+SELECT courier.create_outbox('rel_bad14', 'http://127.0.0.1:9/x', 'cloudevents', '{"max_attempts": 1e30}');
+SELECT courier.create_outbox('rel_bad15', 'http://127.0.0.1:9/x', 'cloudevents', '{"retention": "100000000 years"}');
+SELECT courier.create_outbox('rel_bad16', 'http://127.0.0.1:9/x', 'cloudevents', '{"retention": "3653 days"}');
+SELECT courier.create_outbox('rel_bad17', 'http://127.0.0.1:9/x', 'cloudevents', '{"retention": "1 month -31 days"}');
+SELECT courier.create_outbox('rel_bad18', 'http://127.0.0.1:9/x', 'cloudevents', '{"retention": "infinity"}');
+SELECT o, courier._option_bounds(o) FROM unnest(ARRAY['batch_size', 'max_inflight', 'timeout_ms', 'retry_base_ms',
+                                                       'retry_max_ms', 'max_attempts', 'topic']) o;
+SELECT name, min_val, max_val FROM pg_settings
+ WHERE name IN ('courier.batch_size', 'courier.max_inflight', 'courier.http_timeout_ms', 'courier.retry_base_ms',
+                'courier.retry_max_ms', 'courier.max_attempts') ORDER BY name;
 SELECT count(*) FROM pg_class WHERE relname LIKE 'rel_bad%';
+-- the largest values are accepted
+SELECT courier.alter_outbox('rel_ok', options => '{"max_inflight": 1024, "batch_size": 100000, "retention": "10 years"}');
+SELECT courier.alter_outbox('rel_ok', options => '{"retention": "120 months"}');
+UPDATE courier.outboxes SET options = '{"max_inflight": 1025}' WHERE outbox = 'rel_ok'::regclass;
+SELECT courier.alter_outbox('rel_ok', options => '{"max_attempts": 0, "retry_base_ms": 50, "retry_max_ms": 1000,
+                                                   "on_dead_letter": "block", "headers": {"Authorization": "Bearer s3cret-token"}}');
 
 -- the Authorization header never shows in stats or metrics
 SELECT outbox, endpoint, breaker_state, dead_letters FROM courier.outbox_stats WHERE outbox = 'rel_ok'::regclass;

@@ -109,7 +109,7 @@ DECLARE
                                "retry_base_ms": "number", "retry_max_ms": "number",
                                "max_attempts": "number", "on_dead_letter": "string",
                                "tls_verify": "boolean", "headers": "object", "retention": "string"}';
-    retention_max constant interval := interval '10 years';
+    retention_max constant text := '10 years';
     retention_ok boolean;
 BEGIN
     IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
@@ -139,7 +139,7 @@ BEGIN
     IF options ? 'retention' THEN
         BEGIN
             retention_ok := extract(epoch FROM (options ->> 'retention')::interval)
-                            BETWEEN 1e-6 AND extract(epoch FROM retention_max);
+                            BETWEEN 1e-6 AND extract(epoch FROM retention_max::interval);
         EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR interval_field_overflow
                        OR syntax_error OR numeric_value_out_of_range THEN
             retention_ok := false;
@@ -285,10 +285,9 @@ BEGIN
     END IF;
     -- Rows that failed and the keys they block: small, so the worker's per-key check stays cheap.
     IF NOT EXISTS (SELECT 1 FROM pg_index i
-                    WHERE i.indrelid = relid AND i.indpred IS NOT NULL AND i.indexprs IS NULL
-                      AND i.indkey::int2[] = ARRAY(SELECT a.attnum FROM unnest(ARRAY['key', 'id']) WITH ORDINALITY k(name, ord)
-                                                     JOIN pg_attribute a ON a.attrelid = relid AND a.attname = k.name
-                                                    ORDER BY k.ord)) THEN
+                    WHERE i.indrelid = relid AND i.indpred IS NOT NULL AND i.indexprs IS NULL AND i.indnatts = 2
+                      AND i.indkey[0] = (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = relid AND a.attname = 'key')
+                      AND i.indkey[1] = (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = relid AND a.attname = 'id')) THEN
         EXECUTE format('CREATE INDEX ON %s (key, id) WHERE attempts > 0', relid);
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_trigger t
@@ -411,16 +410,19 @@ BEGIN
         RAISE EXCEPTION 'must be owner of table % to make it an outbox', outbox
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    -- no concurrent change of the table between the checks and the registration
-    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', outbox);
     IF EXISTS (SELECT 1 FROM courier.outboxes o WHERE o.outbox = adopt_outbox.outbox) THEN
         RAISE EXCEPTION 'table % is already an outbox', outbox
             USING ERRCODE = 'duplicate_object', HINT = 'Change its settings with courier.alter_outbox().';
     END IF;
-    problem := courier._outbox_shape_problem(outbox, false);
-    IF problem IS NOT NULL THEN
-        PERFORM courier._refuse_outbox(outbox, problem);
-    END IF;
+    -- checked before the lock (only tables can be locked so) and again under it: no concurrent
+    -- change of the table between the checks and the registration
+    FOR i IN 1..2 LOOP
+        problem := courier._outbox_shape_problem(outbox, false);
+        IF problem IS NOT NULL THEN
+            PERFORM courier._refuse_outbox(outbox, problem);
+        END IF;
+        EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', outbox);
+    END LOOP;
     RETURN courier._outbox_attach(outbox, endpoint, format, options);
 END
 $$;
