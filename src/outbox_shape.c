@@ -167,12 +167,15 @@ columns_problem(Oid relid, int natts, AttrNumber *id_attnum)
 		if (!HeapTupleIsValid(tup))
 			continue;
 		att = (Form_pg_attribute) GETSTRUCT(tup);
+		if (att->attisdropped)
+		{
+			ReleaseSysCache(tup);
+			continue;
+		}
 		for (i = 0; i < OUTBOX_NCOLUMNS; i++)
 			if (strcmp(NameStr(att->attname), outbox_columns[i].name) == 0)
 				break;
-		if (att->attisdropped)
-			 /* skip */ ;
-		else if (i == OUTBOX_NCOLUMNS)
+		if (i == OUTBOX_NCOLUMNS)
 		{
 			if (att->attnotnull && !att->atthasdef)
 				problem = psprintf("its extra column \"%s\" is NOT NULL without a default",
