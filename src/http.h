@@ -28,6 +28,8 @@ typedef struct CourierHttpRequest
 	long		retry_after_ms; /* from Retry-After; -1 when absent */
 	StringInfoData response;
 	bool		done;
+	char		host[256];		/* the URL's host, for the endpoint policy */
+	bool		policy_refused; /* the endpoint policy refused an address */
 } CourierHttpRequest;
 
 typedef struct CourierHttpOptions

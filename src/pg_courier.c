@@ -25,6 +25,7 @@
 #include "utils/resowner.h"
 
 #include "pg_courier.h"
+#include "endpoint_policy.h"
 #include "outbox_breaker.h"
 
 PG_MODULE_MAGIC;
@@ -169,6 +170,22 @@ define_outbox_gucs(void)
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
 	courier_breaker_define_gucs();
+	/* the endpoint (SSRF) policy: endpoint_policy.c says how the two combine */
+	DefineCustomBoolVariable("courier.allow_private_endpoints",
+							 "Allow endpoints on loopback, private, link-local and other non-public addresses.",
+							 "Off: only public addresses (and CIDRs listed in courier.allowed_hosts) are "
+							 "connected to.  Cloud metadata addresses need an explicit courier.allowed_hosts entry.",
+							 &courier_allow_private_endpoints,
+							 false,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+	DefineCustomStringVariable("courier.allowed_hosts",
+							   "Host names (exact or *.suffix) and CIDRs that endpoints may connect to.",
+							   "Empty: any public host.  A CIDR entry also allows the non-public addresses it covers.",
+							   &courier_allowed_hosts,
+							   "",
+							   PGC_SIGHUP, GUC_LIST_INPUT | GUC_SUPERUSER_ONLY,
+							   courier_check_allowed_hosts, courier_assign_allowed_hosts, NULL);
 	DefineCustomStringVariable("courier.ca_file",
 							   "File of CA certificates that endpoints' TLS certificates are verified against.",
 							   "Empty: libcurl's default bundle.  Verification is always on unless an outbox turns it off.",
