@@ -10,6 +10,7 @@
 #include "postgres.h"
 
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
@@ -154,9 +155,13 @@ courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 retri
 {
 	TimestampTz now = GetCurrentTimestamp();
 	uint64		failed = retries + dead;
+	int			errlen = 0;
 
 	if (c == NULL)
 		return;
+	/* cut on a character boundary: the copy must stay valid text */
+	if (error)
+		errlen = pg_mbcliplen(error, strlen(error), COURIER_ERRLEN - 1);
 	SpinLockAcquire(&c->mutex);
 	c->requests++;
 	c->delivered += delivered;
@@ -179,7 +184,10 @@ courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 retri
 	{
 		c->last_failure_at = now;
 		if (error)
-			strlcpy(c->last_error, error, COURIER_ERRLEN);
+		{
+			memcpy(c->last_error, error, errlen);
+			c->last_error[errlen] = '\0';
+		}
 	}
 	SpinLockRelease(&c->mutex);
 }
