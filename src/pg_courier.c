@@ -27,6 +27,7 @@
 #include "pg_courier.h"
 #include "endpoint_policy.h"
 #include "outbox_breaker.h"
+#include "outbox_registry.h"
 
 PG_MODULE_MAGIC;
 
@@ -170,6 +171,14 @@ define_outbox_gucs(void)
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
 	courier_breaker_define_gucs();
+	DefineCustomIntVariable("courier.max_outboxes_per_database",
+							"Maximum number of outboxes one database may register.",
+							"create_outbox refuses more.  It is also the database's share of the cluster's "
+							"1024 shared counter slots: outboxes beyond it are delivered without counters.",
+							&courier_max_outboxes_per_database,
+							256, 1, COURIER_MAX_OUTBOXES,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
 	/* the endpoint (SSRF) policy: endpoint_policy.c says how the two combine */
 	DefineCustomBoolVariable("courier.allow_private_endpoints",
 							 "Allow endpoints on loopback, private, link-local and other non-public addresses.",
