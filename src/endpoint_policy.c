@@ -180,7 +180,7 @@ static EndpointAddressClass
 classify_v6(const uint8 *b)
 {
 	static const uint8 zero[16] = {0};
-	static const uint8 aws_metadata[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x54};
+	static const uint8 aws_metadata[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54};
 	uint8		v4[4];
 
 	if (memcmp(b, zero, 16) == 0)
