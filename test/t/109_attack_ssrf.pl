@@ -118,7 +118,7 @@ SKIP:
 
 	# Answers are cut short in last_error, dead letters and the shared counters.
 	$sink->faults({ status => { code => 404, count => 5,
-		body => { internal => 'SECRET-DATA-' . ('x' x 400), db_password => 'hunter2' } } });
+		body => { a_internal => 'SECRET-DATA-' . ('x' x 400), z_db_password => 'hunter2' } } });
 	$node->safe_psql('postgres', q{SET ROLE eve; SELECT courier.send('eve.named', '{"n": 3}', 'k')});
 	ok(CourierTest::wait_until(sub {
 		$node->safe_psql('postgres', q{SELECT count(*) FROM courier.dead_letters WHERE outbox = 'eve.named'::regclass}) eq '1' },
