@@ -60,6 +60,18 @@ SELECT courier.alter_outbox('ep_alter', endpoint => 'http://[::ffff:a9fe:a9fe]/'
 SELECT courier._redact_url(endpoint) FROM courier.outboxes WHERE outbox = 'ep_alter'::regclass;
 SELECT courier.drop_outbox('ep_alter');
 
+-- an outbox stored under a laxer policy can still be paused, resumed and re-optioned
+ALTER TABLE courier.outboxes DISABLE TRIGGER outboxes_check;
+SELECT courier.create_outbox('ep_lax', 'https://hooks.example.com/a');
+UPDATE courier.outboxes SET endpoint = 'http://127.0.0.1:9/lax' WHERE outbox = 'ep_lax'::regclass;
+ALTER TABLE courier.outboxes ENABLE TRIGGER outboxes_check;
+SELECT courier.pause('ep_lax');
+SELECT courier.alter_outbox('ep_lax', options => '{"batch": true}');
+SELECT courier.resume('ep_lax');
+SELECT courier.alter_outbox('ep_lax', endpoint => 'http://127.0.0.1:9/other');
+SELECT courier._redact_url(endpoint), enabled, options FROM courier.outboxes WHERE outbox = 'ep_lax'::regclass;
+SELECT courier.drop_outbox('ep_lax');
+
 -- courier.allowed_hosts: bad entries are refused with a reason
 ALTER SYSTEM SET courier.allowed_hosts = '0x7f000001';
 ALTER SYSTEM SET courier.allowed_hosts = '127.1';
