@@ -574,6 +574,8 @@ courier_check_allowed_hosts(char **newval, void **extra, GucSource source)
 	}
 	list->n = i;
 	*extra = list;
+	list_free(items);
+	pfree(raw);
 	return true;
 }
 
