@@ -153,8 +153,12 @@ is($node->safe_psql('postgres', q{SELECT string_agg(rolname, ',') FROM pg_roles 
 	'', 'no role became superuser');
 my $log = slurp_file($node->logfile);
 unlike($log, qr/terminated by signal/, 'no process was terminated by a signal');
-my $warnings = () = $log =~ /WARNING/g;
-cmp_ok($warnings, '<', 50, "no WARNING flood ($warnings lines)");
+# (a dropped outbox is read until the worker's next catalog refresh: those "does not exist" lines
+# are the broken-outbox reporting's business, counted apart)
+my $dropped = () = $log =~ /WARNING: .*relation "[^"]+" does not exist/g;
+my $warnings = (() = $log =~ /WARNING/g) - $dropped;
+diag("WARNING lines about outboxes dropped under the worker: $dropped");
+cmp_ok($warnings, '<', 20, "no WARNING flood ($warnings lines)");
 
 # other roles are still delivered (public policy honoured for them too)
 $node->safe_psql('postgres', q{ALTER SYSTEM SET courier.allowed_hosts = '127.0.0.1/32'; SELECT pg_reload_conf()});
