@@ -72,8 +72,8 @@ collect_body(char *data, size_t size, size_t nmemb, void *userdata)
 	CourierHttpRequest *req = userdata;
 	size_t		n = size * nmemb;
 
-	if (req->response.len + n <= COURIER_HTTP_MAX_RESPONSE)
-		appendBinaryStringInfo(&req->response, data, (int) n);
+	if (req->response.len < req->max_response)
+		appendBinaryStringInfo(&req->response, data, (int) Min(n, req->max_response - req->response.len));
 	return n;
 }
 
@@ -229,6 +229,7 @@ courier_http_post(const CourierHttpOptions *o, void *owner)
 
 	req->owner = owner;
 	req->retry_after_ms = -1;
+	req->max_response = o->max_response > 0 ? Min(o->max_response, COURIER_HTTP_MAX_RESPONSE) : COURIER_HTTP_MAX_RESPONSE;
 	initStringInfo(&req->response);
 	MemoryContextSwitchTo(old);
 
