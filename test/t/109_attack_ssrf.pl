@@ -170,6 +170,23 @@ $node->safe_psql('postgres', q{SET ROLE alice; SELECT courier.send('alice.events
 ok(CourierTest::wait_until(sub { CourierTest::pending($node, 'alice.events') == 0 }, timeout => 30, what => 'alice delivered'),
 	'alice\'s events are delivered');
 
+# --- a proxy named in the server's environment is not used (it would connect on our behalf) ------
+# Private endpoints allowed, so that a connection to a proxy on 127.0.0.1 would not be refused.
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET courier.allowed_hosts;
+	ALTER SYSTEM SET courier.allow_private_endpoints = on});
+{
+	local $ENV{http_proxy} = $sink->url;
+	local $ENV{ALL_PROXY} = $sink->url;
+	$node->restart;
+}
+my $requests_before = $sink->stats->{requests};
+$node->safe_psql('postgres', q{SET ROLE alice; SELECT courier.create_outbox('alice.proxied', 'http://proxied.invalid/x');
+	SELECT courier.send('alice.proxied', '{}', 'p')});
+ok(CourierTest::wait_until(sub {
+	$node->safe_psql('postgres', q{SELECT count(*) FROM alice.proxied WHERE last_error IS NOT NULL}) eq '1' },
+	timeout => 30, what => 'attempt'), 'the worker tried the endpoint itself (the name does not resolve)');
+is($sink->stats->{requests}, $requests_before, 'nothing went through the proxy named in the environment');
+
 $node->stop;
 $sink->stop;
 done_testing();
