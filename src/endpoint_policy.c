@@ -245,26 +245,6 @@ netaddr_from_sockaddr(const struct sockaddr *sa, NetAddr *a)
 }
 
 /*
- * courier_classify_sockaddr
- *		Class of a socket address (anything but IPv4/IPv6 is reserved).
- */
-EndpointAddressClass
-courier_classify_sockaddr(const struct sockaddr *sa)
-{
-	NetAddr		a;
-
-	if (!netaddr_from_sockaddr(sa, &a))
-		return ADDR_RESERVED;
-	return classify(&a);
-}
-
-const char *
-courier_address_class_name(EndpointAddressClass cls)
-{
-	return class_names[cls];
-}
-
-/*
  * in_cidr
  *		Is a inside the CIDR entry?  IPv6 addresses carrying an IPv4 address
  *		also match IPv4 entries through it.

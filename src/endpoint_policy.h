@@ -38,8 +38,6 @@ extern char *courier_allowed_hosts;
 extern bool courier_check_allowed_hosts(char **newval, void **extra, GucSource source);
 extern void courier_assign_allowed_hosts(const char *newval, void *extra);
 
-extern EndpointAddressClass courier_classify_sockaddr(const struct sockaddr *sa);
-extern const char *courier_address_class_name(EndpointAddressClass cls);
 extern bool courier_endpoint_connect_allowed(const char *host, const struct sockaddr *sa);
 extern void courier_endpoint_check_host(const char *host, const char *url_shown);
 
