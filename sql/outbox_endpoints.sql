@@ -30,9 +30,8 @@ END
 $$;
 
 -- one full error: our words, SQLSTATE 42501, a hint naming the settings
-\set VERBOSITY verbose
 SELECT courier.create_outbox('ep_one', 'http://2130706433:5432/');
-\set VERBOSITY default
+\echo :LAST_ERROR_SQLSTATE
 
 SELECT url, ep_try_create(url) AS outcome FROM (VALUES
     ('http://127.0.0.1:5432/'), ('http://0x7f000001/'), ('http://2130706433/'), ('http://127.1/'),
