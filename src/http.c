@@ -9,11 +9,20 @@
  * Security defaults: TLS peer and host verification on (turning it off is an
  * explicit per-outbox choice), redirects never followed (credentials must
  * not travel to another host), only http and https, no signals from libcurl
- * (they would interfere with PostgreSQL's).
+ * (they would interfere with PostgreSQL's), no proxy (not even one named by
+ * the server's environment: it would connect on our behalf, past the
+ * endpoint policy).  Every address is checked against the endpoint policy
+ * (endpoint_policy.c) before a socket is opened to it, and a kept-alive
+ * connection's peer again before each request on it (the policy may have
+ * been tightened by a reload since it was opened).
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+
+#include <sys/socket.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 #include <curl/curl.h>
 
@@ -22,6 +31,7 @@
 
 #include "pg_courier.h"
 #include "http.h"
+#include "endpoint_policy.h"
 
 static CURLM *multi = NULL;
 static MemoryContext http_context = NULL;
@@ -62,8 +72,8 @@ collect_body(char *data, size_t size, size_t nmemb, void *userdata)
 	CourierHttpRequest *req = userdata;
 	size_t		n = size * nmemb;
 
-	if (req->response.len + n <= COURIER_HTTP_MAX_RESPONSE)
-		appendBinaryStringInfo(&req->response, data, (int) n);
+	if (req->response.len < req->max_response)
+		appendBinaryStringInfo(&req->response, data, (int) Min(n, req->max_response - req->response.len));
 	return n;
 }
 
@@ -113,6 +123,76 @@ collect_header(char *data, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
+/* What a request refused by the endpoint policy records: the same for every port and address. */
+#define POLICY_REFUSED_TEXT \
+	"the endpoint's address is refused by pg_courier's endpoint policy " \
+	"(see courier.allowed_hosts and courier.allow_private_endpoints)"
+
+/*
+ * open_checked_socket
+ *		libcurl open-socket callback: a socket only for addresses the endpoint
+ *		policy allows.  Runs on the address actually connected to, after name
+ *		resolution, so DNS rebinding cannot get past it.  No palloc/ereport.
+ */
+static curl_socket_t
+open_checked_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
+{
+	CourierHttpRequest *req = clientp;
+
+	if (purpose != CURLSOCKTYPE_IPCXN ||
+		!courier_endpoint_connect_allowed(req->host, &address->addr))
+	{
+		req->policy_refused = true;
+		return CURL_SOCKET_BAD;
+	}
+	return socket(address->family, address->socktype, address->protocol);
+}
+
+#if LIBCURL_VERSION_NUM >= 0x075000
+/*
+ * check_connected_peer
+ *		libcurl pre-request callback: the peer of the connection about to be
+ *		used (possibly a kept-alive one opened under an older policy) must
+ *		still be allowed.
+ */
+static int
+check_connected_peer(void *clientp, char *primary_ip, char *local_ip, int primary_port, int local_port)
+{
+	CourierHttpRequest *req = clientp;
+	struct sockaddr_storage ss;
+
+	memset(&ss, 0, sizeof(ss));
+	if (inet_pton(AF_INET, primary_ip, &((struct sockaddr_in *) &ss)->sin_addr) == 1)
+		ss.ss_family = AF_INET;
+	else if (inet_pton(AF_INET6, primary_ip, &((struct sockaddr_in6 *) &ss)->sin6_addr) == 1)
+		ss.ss_family = AF_INET6;
+	if (ss.ss_family == 0 || !courier_endpoint_connect_allowed(req->host, (struct sockaddr *) &ss))
+	{
+		req->policy_refused = true;
+		return CURL_PREREQFUNC_ABORT;
+	}
+	return CURL_PREREQFUNC_OK;
+}
+#endif
+
+/*
+ * url_host
+ *		The host part of a URL into buf ("" if it does not parse).
+ */
+static void
+url_host(const char *url, char *buf, size_t len)
+{
+	CURLU	   *u = curl_url();
+	char	   *host = NULL;
+
+	buf[0] = '\0';
+	if (u != NULL && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+		curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK)
+		strlcpy(buf, host, len);
+	curl_free(host);
+	curl_url_cleanup(u);
+}
+
 /*
  * get_easy
  *		A fresh or recycled easy handle.
@@ -149,6 +229,7 @@ courier_http_post(const CourierHttpOptions *o, void *owner)
 
 	req->owner = owner;
 	req->retry_after_ms = -1;
+	req->max_response = o->max_response > 0 ? Min(o->max_response, COURIER_HTTP_MAX_RESPONSE) : COURIER_HTTP_MAX_RESPONSE;
 	initStringInfo(&req->response);
 	MemoryContextSwitchTo(old);
 
@@ -175,6 +256,15 @@ courier_http_post(const CourierHttpOptions *o, void *owner)
 	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(easy, CURLOPT_PROXY, "");
+	url_host(o->url, req->host, sizeof(req->host));
+	curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, open_checked_socket);
+	curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, req);
+#if LIBCURL_VERSION_NUM >= 0x075000
+	curl_easy_setopt(easy, CURLOPT_PREREQFUNCTION, check_connected_peer);
+	curl_easy_setopt(easy, CURLOPT_PREREQDATA, req);
+#endif
 	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, o->tls_verify ? 1L : 0L);
 	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, o->tls_verify ? 2L : 0L);
 	if (o->ca_file && o->ca_file[0])
@@ -252,7 +342,8 @@ courier_http_next_done(void)
 		if (req->curl_result != CURLE_OK)
 		{
 			req->status = 0;
-			strlcpy(req->error, curl_easy_strerror(req->curl_result), sizeof(req->error));
+			strlcpy(req->error, req->policy_refused ? POLICY_REFUSED_TEXT :
+					curl_easy_strerror(req->curl_result), sizeof(req->error));
 		}
 		req->done = true;
 		return req;

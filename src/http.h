@@ -16,6 +16,8 @@
 
 /* The largest response body we keep; the rest is discarded (bounded memory). */
 #define COURIER_HTTP_MAX_RESPONSE	(4 * 1024 * 1024)
+/* What callers that only quote the answer (in an error text) need of it. */
+#define COURIER_HTTP_EXCERPT_RESPONSE	1024
 
 typedef struct CourierHttpRequest
 {
@@ -28,6 +30,9 @@ typedef struct CourierHttpRequest
 	long		retry_after_ms; /* from Retry-After; -1 when absent */
 	StringInfoData response;
 	bool		done;
+	char		host[256];		/* the URL's host, for the endpoint policy */
+	size_t		max_response;	/* bytes of the answer kept */
+	bool		policy_refused; /* the endpoint policy refused an address */
 } CourierHttpRequest;
 
 typedef struct CourierHttpOptions
@@ -42,6 +47,7 @@ typedef struct CourierHttpOptions
 	int			timeout_ms;
 	bool		tls_verify;
 	const char *ca_file;
+	size_t		max_response;	/* bytes of the answer to keep; 0: COURIER_HTTP_MAX_RESPONSE */
 } CourierHttpOptions;
 
 extern void courier_http_init(void);

@@ -20,6 +20,7 @@
 #include <curl/curl.h>
 
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "funcapi.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
@@ -29,14 +30,19 @@
 
 #include "pg_courier.h"
 #include "outbox_breaker.h"
+#include "outbox_registry.h"
 
-#define COURIER_MAX_BREAKERS	256
+#define COURIER_MAX_BREAKERS	1024
 #define ORIGIN_LEN				256
+/* a breaker no worker looked up for this long serves no outbox: reusable */
+#define BREAKER_IDLE_MS			60000
 
 struct CourierBreaker
 {
 	slock_t		mutex;
 	char		origin[ORIGIN_LEN]; /* "" while unused */
+	Oid			dboid;			/* the database whose worker created it */
+	TimestampTz last_used_at;	/* last courier_breaker_for() */
 	BreakerState state;
 	int			consecutive_failures;
 	bool		probe_inflight;
@@ -141,29 +147,85 @@ courier_origin_text(const char *url)
 }
 
 /*
+ * Entries are created by the workers for the origins of the outboxes they
+ * serve, and any role can create outboxes with new origins: so a database
+ * creates at most courier.max_outboxes_per_database entries, and entries
+ * nobody looked up for BREAKER_IDLE_MS (their outboxes are gone) are reused,
+ * least recently used first.  An endpoint without an entry simply has no
+ * breaker; delivery is unaffected.
+ */
+
+/*
+ * take_entry
+ *		Give entry b to origin, from a clean state (caller holds the table's
+ *		mutex).
+ */
+static void
+take_entry(CourierBreaker *b, const char *origin, TimestampTz now)
+{
+	SpinLockAcquire(&b->mutex);
+	strlcpy(b->origin, origin, ORIGIN_LEN);
+	b->dboid = MyDatabaseId;
+	b->state = BREAKER_CLOSED;
+	b->consecutive_failures = 0;
+	b->probe_inflight = false;
+	b->probe_started_at = b->opened_at = 0;
+	b->opens = b->successes = b->failures = 0;
+	b->last_change_at = b->last_used_at = now;
+	SpinLockRelease(&b->mutex);
+}
+
+/*
  * courier_breaker_for
- *		The breaker of an origin, created on first use; NULL when the table
- *		is full (the endpoint then simply has no breaker).
+ *		The breaker of an origin, created on first use; NULL when none can be
+ *		had (the endpoint then simply has no breaker).
  */
 CourierBreaker *
 courier_breaker_for(const char *origin)
 {
 	CourierBreaker *result = NULL;
+	CourierBreaker *free_entry = NULL;
+	CourierBreaker *idle_any = NULL;
+	CourierBreaker *idle_mine = NULL;
+	int			mine = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz idle_before = TimestampTzPlusMilliseconds(now, -BREAKER_IDLE_MS);
 
 	if (breakers == NULL || origin[0] == '\0')
 		return NULL;
 	SpinLockAcquire(&breakers->mutex);
 	for (int i = 0; i < COURIER_MAX_BREAKERS && result == NULL; i++)
-		if (strncmp(breakers->entries[i].origin, origin, ORIGIN_LEN - 1) == 0)
-			result = &breakers->entries[i];
-	for (int i = 0; i < COURIER_MAX_BREAKERS && result == NULL; i++)
-		if (breakers->entries[i].origin[0] == '\0')
+	{
+		CourierBreaker *b = &breakers->entries[i];
+
+		if (b->origin[0] == '\0')
 		{
-			result = &breakers->entries[i];
-			strlcpy(result->origin, origin, ORIGIN_LEN);
-			result->state = BREAKER_CLOSED;
-			result->last_change_at = GetCurrentTimestamp();
+			if (free_entry == NULL)
+				free_entry = b;
+			continue;
 		}
+		if (strncmp(b->origin, origin, ORIGIN_LEN - 1) == 0)
+		{
+			result = b;
+			b->last_used_at = now;
+			break;
+		}
+		mine += (b->dboid == MyDatabaseId);
+		if (b->last_used_at < idle_before && (idle_any == NULL || b->last_used_at < idle_any->last_used_at))
+			idle_any = b;
+		if (b->dboid == MyDatabaseId && b->last_used_at < idle_before &&
+			(idle_mine == NULL || b->last_used_at < idle_mine->last_used_at))
+			idle_mine = b;
+	}
+	if (result == NULL)
+	{
+		if (mine >= courier_max_outboxes_per_database)
+			result = idle_mine;
+		else
+			result = free_entry ? free_entry : idle_any;
+		if (result != NULL)
+			take_entry(result, origin, now);
+	}
 	SpinLockRelease(&breakers->mutex);
 	return result;
 }

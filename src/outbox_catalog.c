@@ -38,11 +38,13 @@ courier_become_owner(const OutboxState *ob, Oid *saved_user, int *saved_sec)
 
 /*
  * courier_forget_outbox
- *		Free a state whose outbox is gone (no request may be in flight).
+ *		Free a state whose outbox is gone (no request may be in flight), and
+ *		its counter slot.
  */
 void
 courier_forget_outbox(OutboxState *ob)
 {
+	courier_counters_release(ob->counters, ob->relid);
 	courier_free_plans(ob);
 	MemoryContextDelete(ob->cxt);
 	pfree(ob);

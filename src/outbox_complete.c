@@ -16,6 +16,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -45,9 +46,18 @@ typedef struct Outcome
 } Outcome;
 
 /*
+ * The most of an endpoint's answer kept in last_error and dead letters: an
+ * excerpt for the operator, not a channel for reading what the endpoint
+ * holds.  With the prefix and the mark of a cut, the whole text stays within
+ * COURIER_ERRLEN (the shared counters' copy).
+ */
+#define RESPONSE_EXCERPT_BYTES	200
+
+/*
  * describe_failure
- *		Text recorded on failed rows: status and the start of the answer.
- *		Never includes request headers (credentials live there).
+ *		Text recorded on failed rows: status and the start of the answer,
+ *		marked when cut.  Never includes request headers (credentials live
+ *		there).
  */
 static char *
 describe_failure(const CourierHttpRequest *req)
@@ -60,7 +70,7 @@ describe_failure(const CourierHttpRequest *req)
 	appendStringInfo(&s, "HTTP %ld", req->status);
 	if (req->response.len > 0)
 	{
-		int			n = Min(req->response.len, 200);
+		int			n = Min(req->response.len, RESPONSE_EXCERPT_BYTES);
 
 		appendStringInfoString(&s, ": ");
 		for (int i = 0; i < n; i++)
@@ -70,8 +80,24 @@ describe_failure(const CourierHttpRequest *req)
 			/* printable ASCII only: the answer's encoding is unknown */
 			appendStringInfoChar(&s, (c >= 0x20 && c < 0x7f) ? c : ' ');
 		}
+		if (req->response.len > n)
+			appendStringInfo(&s, " ...(cut at %d bytes)", n);
 	}
 	return s.data;
+}
+
+/*
+ * clip_to_characters
+ *		text without a trailing incomplete character (a fixed-size buffer
+ *		may have cut one in two), so that it is valid in the database
+ *		encoding.
+ */
+static char *
+clip_to_characters(const char *text)
+{
+	int			len = strlen(text);
+
+	return pnstrdup(text, pg_mbcliplen(text, len, len));
 }
 
 static void
@@ -166,7 +192,8 @@ classify(const Delivery *d, Outcome *o)
 			}
 			else				/* error_code 1 is non-retriable; 2 and others retriable */
 				outcome_fail(o, d, i, req->status,
-							 psprintf("Kafka error_code %d%s%s", codes[i], err[0] ? ": " : "", err),
+							 psprintf("Kafka error_code %d%s%s", codes[i], err[0] ? ": " : "",
+									  clip_to_characters(err)),
 							 -1, codes[i] == 1);
 		}
 		return;

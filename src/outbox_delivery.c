@@ -153,6 +153,8 @@ start_delivery(Delivery *d)
 			appendStringInfoChar(&d->body, ']');
 		d->url = ob->endpoint;
 		o.content_type = ob->ce_batch ? "application/cloudevents-batch+json" : "application/cloudevents+json";
+		/* a CloudEvents answer is only ever quoted in an error: keep no more than that needs */
+		o.max_response = COURIER_HTTP_EXCERPT_RESPONSE;
 	}
 	MemoryContextSwitchTo(old);
 

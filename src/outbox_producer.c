@@ -39,6 +39,7 @@
 
 #include "pg_courier.h"
 #include "outbox_registry.h"
+#include "endpoint_policy.h"
 
 PG_FUNCTION_INFO_V1(courier_outbox_before_insert);
 PG_FUNCTION_INFO_V1(courier_outbox_before_update);
@@ -510,7 +511,9 @@ courier_redact_url(PG_FUNCTION_ARGS)
 /*
  * courier_validate_endpoint
  *		courier._validate_endpoint(endpoint, format): an absolute http(s) URL
- *		with a host, parsed by the libcurl that will later send to it.
+ *		with a host, parsed by the libcurl that will later send to it, whose
+ *		host the endpoint policy does not refuse outright (literal addresses
+ *		and localhost are judged here; names only at connect time).
  */
 Datum
 courier_validate_endpoint(PG_FUNCTION_ARGS)
@@ -521,6 +524,7 @@ courier_validate_endpoint(PG_FUNCTION_ARGS)
 	char	   *scheme = NULL;
 	char	   *host = NULL;
 	char	   *fragment = NULL;
+	char	   *host_copy;
 	const char *problem = NULL;
 
 	rc = curl_url_set(u, CURLUPART_URL, url, 0);
@@ -535,11 +539,15 @@ courier_validate_endpoint(PG_FUNCTION_ARGS)
 		problem = "the URL must not have a #fragment";
 	else if (strpbrk(url, " \t\r\n") != NULL)
 		problem = "the URL contains white space";
+	host_copy = problem == NULL ? pstrdup(host) : NULL;
 
 	curl_free(scheme);
 	curl_free(host);
 	curl_free(fragment);
 	curl_url_cleanup(u);
+	/* the endpoint policy, on what can be known without resolving names */
+	if (host_copy != NULL)
+		courier_endpoint_check_host(host_copy, courier_redact_text(url));
 	if (problem)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -281,7 +281,7 @@ count_commits(void)
 		ref = hash_search(counters_refs, &xact_outboxes[i], HASH_ENTER, &found);
 		if (!found || ref->counters == NULL || ref->counters->relid != xact_outboxes[i] ||
 			ref->counters->dboid != MyDatabaseId)
-			ref->counters = courier_counters_for(xact_outboxes[i]);
+			ref->counters = courier_counters_lookup(xact_outboxes[i]);
 		if (ref->counters)
 			pg_atomic_fetch_add_u64(&ref->counters->commits, 1);
 	}

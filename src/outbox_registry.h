@@ -89,7 +89,10 @@ extern void courier_worker_detach(void);
 extern void courier_worker_set_state(const char *state);
 extern bool courier_worker_take_rescan(void);
 extern bool courier_worker_take_wake(void);
+extern int	courier_max_outboxes_per_database;
 extern CourierOutboxCounters *courier_counters_for(Oid relid);
+extern CourierOutboxCounters *courier_counters_lookup(Oid relid);
+extern void courier_counters_release(CourierOutboxCounters *c, Oid relid);
 extern void courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 retries,
 									uint64 dead, const char *error);
 

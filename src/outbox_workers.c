@@ -9,12 +9,15 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "pg_courier.h"
@@ -111,36 +114,226 @@ courier_worker_take_wake(void)
 }
 
 /*
- * courier_counters_for
- *		The counters of one outbox of this database, created on first use.
- *		Returns NULL if the table is full (counting stops; delivery does not).
+ * Counter slots.  The table (COURIER_MAX_OUTBOXES entries) is shared by the
+ * whole cluster and filled by outboxes that any role can create, so:
+ *	- only the worker claims a slot, for an outbox it serves (producers only
+ *	  look one up to count commits), and frees it when it forgets the outbox
+ *	  (dropped or unregistered);
+ *	- one database holds at most courier.max_outboxes_per_database slots
+ *	  (create_outbox refuses outboxes beyond that number as well);
+ *	- when the table is full, slots whose relation is gone (a drop the worker
+ *	  did not see: it was not running) or whose database has no worker are
+ *	  reclaimed;
+ *	- a claimed slot starts from zero, so an OID reused after a drop never
+ *	  inherits the old outbox's counters.
+ * An outbox without a slot is still delivered; outbox_stats shows its
+ * counters as unavailable (courier._counter_slots_exhausted()).
  */
-CourierOutboxCounters *
-courier_counters_for(Oid relid)
-{
-	CourierOutboxCounters *result = NULL;
+int			courier_max_outboxes_per_database = 256;
 
-	SpinLockAcquire(&courier_shared->counters_mutex);
-	for (int i = 0; i < COURIER_MAX_OUTBOXES && result == NULL; i++)
+/*
+ * find_counters
+ *		This database's slot of relid, or NULL (caller holds counters_mutex).
+ */
+static CourierOutboxCounters *
+find_counters(Oid relid)
+{
+	for (int i = 0; i < COURIER_MAX_OUTBOXES; i++)
 	{
 		CourierOutboxCounters *c = &courier_shared->counters[i];
 
 		if (c->relid == relid && c->dboid == MyDatabaseId)
-			result = c;
+			return c;
 	}
+	return NULL;
+}
+
+/*
+ * reset_counters
+ *		Empty a slot and give it to (dboid, relid) (InvalidOid: free it).
+ *		Caller holds counters_mutex; the slot's own mutex guards the rest.
+ */
+static void
+reset_counters(CourierOutboxCounters *c, Oid dboid, Oid relid)
+{
+	SpinLockAcquire(&c->mutex);
+	c->delivered = c->failed_attempts = c->retries = c->dead_lettered = c->requests = 0;
+	c->rate_window_start = c->last_success_at = c->last_failure_at = 0;
+	c->rate_window_count = 0;
+	c->delivered_per_second = 0;
+	c->last_error[0] = '\0';
+	c->dboid = dboid;
+	c->relid = relid;
+	SpinLockRelease(&c->mutex);
+	pg_atomic_write_u64(&c->commits, 0);
+}
+
+/*
+ * database_has_worker
+ *		Does a running worker serve dboid?
+ */
+static bool
+database_has_worker(Oid dboid)
+{
+	bool		found = false;
+
+	LWLockAcquire(courier_shared->lock, LW_SHARED);
+	for (int i = 0; i < courier_shared->nworkers && !found; i++)
+		found = (courier_shared->workers[i].pid != 0 && courier_shared->workers[i].dboid == dboid);
+	LWLockRelease(courier_shared->lock);
+	return found;
+}
+
+/*
+ * reclaim_stale_counters
+ *		Free the slots of relations of this database that no longer exist and
+ *		of databases that no worker serves.  Catalog lookups cannot run under
+ *		a spinlock, so candidates are copied first and freed only if they
+ *		still belong to the same outbox.  Needs a transaction.
+ */
+static void
+reclaim_stale_counters(void)
+{
+	Oid			dbs[COURIER_MAX_OUTBOXES];
+	Oid			rels[COURIER_MAX_OUTBOXES];
+	bool		stale[COURIER_MAX_OUTBOXES];
+
+	SpinLockAcquire(&courier_shared->counters_mutex);
+	for (int i = 0; i < COURIER_MAX_OUTBOXES; i++)
+	{
+		dbs[i] = courier_shared->counters[i].dboid;
+		rels[i] = courier_shared->counters[i].relid;
+	}
+	SpinLockRelease(&courier_shared->counters_mutex);
+
+	for (int i = 0; i < COURIER_MAX_OUTBOXES; i++)
+	{
+		stale[i] = false;
+		if (rels[i] == InvalidOid)
+			continue;
+		if (dbs[i] == MyDatabaseId)
+			stale[i] = !SearchSysCacheExists1(RELOID, ObjectIdGetDatum(rels[i]));
+		else
+			stale[i] = !database_has_worker(dbs[i]);
+	}
+
+	SpinLockAcquire(&courier_shared->counters_mutex);
+	for (int i = 0; i < COURIER_MAX_OUTBOXES; i++)
+	{
+		CourierOutboxCounters *c = &courier_shared->counters[i];
+
+		if (stale[i] && c->dboid == dbs[i] && c->relid == rels[i])
+			reset_counters(c, InvalidOid, InvalidOid);
+	}
+	SpinLockRelease(&courier_shared->counters_mutex);
+}
+
+/*
+ * claim_counters
+ *		Find or take a slot for relid; NULL if this database has its share or
+ *		the table is full.
+ */
+static CourierOutboxCounters *
+claim_counters(Oid relid)
+{
+	CourierOutboxCounters *result;
+	CourierOutboxCounters *free_slot = NULL;
+	int			mine = 0;
+
+	SpinLockAcquire(&courier_shared->counters_mutex);
+	result = find_counters(relid);
 	for (int i = 0; i < COURIER_MAX_OUTBOXES && result == NULL; i++)
 	{
 		CourierOutboxCounters *c = &courier_shared->counters[i];
 
-		if (c->relid == InvalidOid)
-		{
-			c->relid = relid;
-			c->dboid = MyDatabaseId;
-			result = c;
-		}
+		if (c->relid == InvalidOid && free_slot == NULL)
+			free_slot = c;
+		else if (c->relid != InvalidOid && c->dboid == MyDatabaseId)
+			mine++;
+	}
+	if (result == NULL && free_slot != NULL && mine < courier_max_outboxes_per_database)
+	{
+		reset_counters(free_slot, MyDatabaseId, relid);
+		result = free_slot;
 	}
 	SpinLockRelease(&courier_shared->counters_mutex);
 	return result;
+}
+
+/*
+ * courier_counters_for
+ *		The worker's slot for an outbox it serves: found, or claimed (from
+ *		zero).  Returns NULL when none can be had (counting stops; delivery
+ *		does not).  Needs a transaction (stale slots are looked up).
+ */
+CourierOutboxCounters *
+courier_counters_for(Oid relid)
+{
+	CourierOutboxCounters *result = claim_counters(relid);
+
+	if (result == NULL && IsTransactionState())
+	{
+		reclaim_stale_counters();
+		result = claim_counters(relid);
+	}
+	return result;
+}
+
+/*
+ * courier_counters_lookup
+ *		A producer's view: the outbox's slot if the worker gave it one.
+ */
+CourierOutboxCounters *
+courier_counters_lookup(Oid relid)
+{
+	CourierOutboxCounters *result;
+
+	SpinLockAcquire(&courier_shared->counters_mutex);
+	result = find_counters(relid);
+	SpinLockRelease(&courier_shared->counters_mutex);
+	return result;
+}
+
+/*
+ * courier_counters_release
+ *		The worker forgets an outbox (dropped or unregistered): free its slot.
+ */
+void
+courier_counters_release(CourierOutboxCounters *c, Oid relid)
+{
+	if (c == NULL)
+		return;
+	SpinLockAcquire(&courier_shared->counters_mutex);
+	if (c->relid == relid && c->dboid == MyDatabaseId)
+		reset_counters(c, InvalidOid, InvalidOid);
+	SpinLockRelease(&courier_shared->counters_mutex);
+}
+
+/*
+ * courier_counter_slots_exhausted
+ *		courier._counter_slots_exhausted(): can this database's outboxes that
+ *		have no counters yet not get any (share used or table full)?  Lets
+ *		outbox_stats show "unavailable" instead of zeros.
+ */
+PG_FUNCTION_INFO_V1(courier_counter_slots_exhausted);
+Datum
+courier_counter_slots_exhausted(PG_FUNCTION_ARGS)
+{
+	int			mine = 0;
+	bool		any_free = false;
+
+	if (courier_shared == NULL)
+		PG_RETURN_BOOL(false);
+	SpinLockAcquire(&courier_shared->counters_mutex);
+	for (int i = 0; i < COURIER_MAX_OUTBOXES; i++)
+	{
+		CourierOutboxCounters *c = &courier_shared->counters[i];
+
+		any_free |= (c->relid == InvalidOid);
+		mine += (c->relid != InvalidOid && c->dboid == MyDatabaseId);
+	}
+	SpinLockRelease(&courier_shared->counters_mutex);
+	PG_RETURN_BOOL(!any_free || mine >= courier_max_outboxes_per_database);
 }
 
 /*
@@ -154,9 +347,13 @@ courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 retri
 {
 	TimestampTz now = GetCurrentTimestamp();
 	uint64		failed = retries + dead;
+	int			errlen = 0;
 
 	if (c == NULL)
 		return;
+	/* cut on a character boundary: the copy must stay valid text */
+	if (error)
+		errlen = pg_mbcliplen(error, strlen(error), COURIER_ERRLEN - 1);
 	SpinLockAcquire(&c->mutex);
 	c->requests++;
 	c->delivered += delivered;
@@ -179,7 +376,10 @@ courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 retri
 	{
 		c->last_failure_at = now;
 		if (error)
-			strlcpy(c->last_error, error, COURIER_ERRLEN);
+		{
+			memcpy(c->last_error, error, errlen);
+			c->last_error[errlen] = '\0';
+		}
 	}
 	SpinLockRelease(&c->mutex);
 }

@@ -25,7 +25,9 @@
 #include "utils/resowner.h"
 
 #include "pg_courier.h"
+#include "endpoint_policy.h"
 #include "outbox_breaker.h"
+#include "outbox_registry.h"
 
 PG_MODULE_MAGIC;
 
@@ -169,6 +171,30 @@ define_outbox_gucs(void)
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
 	courier_breaker_define_gucs();
+	DefineCustomIntVariable("courier.max_outboxes_per_database",
+							"Maximum number of outboxes one database may register.",
+							"create_outbox refuses more.  It is also the database's share of the cluster's "
+							"1024 shared counter slots: outboxes beyond it are delivered without counters.",
+							&courier_max_outboxes_per_database,
+							256, 1, COURIER_MAX_OUTBOXES,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	/* the endpoint (SSRF) policy: endpoint_policy.c says how the two combine */
+	DefineCustomBoolVariable("courier.allow_private_endpoints",
+							 "Allow endpoints on loopback, private, link-local and other non-public addresses.",
+							 "Off: only public addresses (and CIDRs listed in courier.allowed_hosts) are "
+							 "connected to.  Cloud metadata addresses need an explicit courier.allowed_hosts entry.",
+							 &courier_allow_private_endpoints,
+							 false,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+	DefineCustomStringVariable("courier.allowed_hosts",
+							   "Host names (exact or *.suffix) and CIDRs that endpoints may connect to.",
+							   "Empty: any public host.  A CIDR entry also allows the non-public addresses it covers.",
+							   &courier_allowed_hosts,
+							   "",
+							   PGC_SIGHUP, GUC_LIST_INPUT | GUC_SUPERUSER_ONLY,
+							   courier_check_allowed_hosts, courier_assign_allowed_hosts, NULL);
 	DefineCustomStringVariable("courier.ca_file",
 							   "File of CA certificates that endpoints' TLS certificates are verified against.",
 							   "Empty: libcurl's default bundle.  Verification is always on unless an outbox turns it off.",

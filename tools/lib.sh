@@ -109,6 +109,8 @@ unix_socket_directories = '$dir/sock'
 shared_preload_libraries = 'pg_courier'
 max_worker_processes = 32
 courier.databases = 'postgres'
+# the local sink (demo, bench, tests) is on 127.0.0.1, which the endpoint policy refuses by default
+courier.allow_private_endpoints = on
 log_line_prefix = '%m [%p] %q%a '
 EOF
     local line

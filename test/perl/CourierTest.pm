@@ -16,8 +16,10 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(sleep time);
 
-# node(NAME, conf => [LINES], databases => 'postgres', create => 1): a started cluster with
-# pg_courier preloaded, the extension created in 'postgres' unless create => 0.
+# node(NAME, conf => [LINES], databases => 'postgres', create => 1, default_policy => 0): a started
+# cluster with pg_courier preloaded, the extension created in 'postgres' unless create => 0.  The
+# local sink listens on 127.0.0.1, which the endpoint policy refuses by default: test clusters allow
+# private endpoints unless default_policy => 1 (the SSRF tests).
 sub node
 {
 	my ($name, %opt) = @_;
@@ -30,6 +32,7 @@ sub node
 		"courier.poll_interval = '500ms'",
 		"max_worker_processes = 32",
 		"log_line_prefix = '%m [%p] %q%a '",
+		($opt{default_policy} ? () : ("courier.allow_private_endpoints = on")),
 		@{ $opt{conf} // [] }) . "\n");
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION pg_courier') unless defined $opt{create} && !$opt{create};
