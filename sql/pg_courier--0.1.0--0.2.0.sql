@@ -227,7 +227,12 @@ BEGIN
             PERFORM courier._refuse_outbox(NEW.outbox, problem);
         END IF;
     END IF;
-    PERFORM courier._validate_endpoint(NEW.endpoint, NEW.format);
+    -- The endpoint policy applies when an endpoint is set, not on every later UPDATE of its
+    -- registration: an outbox whose endpoint a tightened policy now refuses can still be paused,
+    -- resumed or re-optioned (its deliveries are refused at connect time).
+    IF TG_OP = 'INSERT' OR NEW.endpoint IS DISTINCT FROM OLD.endpoint OR NEW.format IS DISTINCT FROM OLD.format THEN
+        PERFORM courier._validate_endpoint(NEW.endpoint, NEW.format);
+    END IF;
     PERFORM courier._validate_options(NEW.options, NEW.format);
     IF NEW.default_topic IS DISTINCT FROM NEW.options ->> 'topic' THEN
         NEW.default_topic := NEW.options ->> 'topic';
@@ -502,24 +507,6 @@ SELECT pg_catalog.pg_extension_config_dump('courier.outboxes',
 -- The endpoint policy itself is in C (src/endpoint_policy.c): courier._validate_endpoint, which
 -- create_outbox, alter_outbox and the courier.outboxes check already call, now refuses literal
 -- non-public addresses and hosts outside courier.allowed_hosts; every connection is checked again.
-
--- The policy applies when an endpoint is set, not on every later UPDATE of its registration: an
--- outbox whose endpoint a tightened policy now refuses can still be paused, resumed or re-optioned
--- (its deliveries are refused at connect time).  MERGE NOTE: same body as 0.1.0 except the guard on
--- _validate_endpoint; combine with the Registration section's version of this function.
-CREATE OR REPLACE FUNCTION courier._outboxes_check() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF TG_OP = 'INSERT' OR NEW.endpoint IS DISTINCT FROM OLD.endpoint OR NEW.format IS DISTINCT FROM OLD.format THEN
-        PERFORM courier._validate_endpoint(NEW.endpoint, NEW.format);
-    END IF;
-    PERFORM courier._validate_options(NEW.options, NEW.format);
-    IF NEW.default_topic IS DISTINCT FROM NEW.options ->> 'topic' THEN
-        NEW.default_topic := NEW.options ->> 'topic';
-    END IF;
-    RETURN NEW;
-END
-$$;
 
 -- Counter slots: the cluster has COURIER_MAX_OUTBOXES (1024) shared counter slots; a database gets
 -- at most courier.max_outboxes_per_database of them, and may register no more outboxes than that.
