@@ -184,7 +184,8 @@ courier_health_failed(OutboxState *ob, OutboxHealth *h, const ErrorData *error)
 		ereport(DEBUG1, (errmsg("pg_courier: outbox %s: %s (trying again)", ob->qname, error->message)));
 		return;
 	}
-	courier_health_problem(ob, h, error->message);
+	courier_health_problem(ob, h, h == &ob->maintenance ?
+						   psprintf("retention purge failed: %s", error->message) : error->message);
 }
 
 /*

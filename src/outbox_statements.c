@@ -208,7 +208,8 @@ make_writes(OutboxState *ob, StringInfo sql)
 					 "        GREATEST(LEAST(d.retry_after_ms, 86400000), pg_catalog.random() OPERATOR(pg_catalog.*) "
 					 "          LEAST($6, $5 OPERATOR(pg_catalog.*) pg_catalog.power(2, LEAST(" SAFE_ATTEMPTS("o.attempts") ", 30)))) "
 					 "        OPERATOR(pg_catalog./) 1000.0) "
-					 "  FROM pg_catalog.unnest($1, $2, $3, $4) AS d(id, status, err, retry_after_ms) "
+					 "  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
+					 "                  pg_catalog.unnest($4)) AS d(id, status, err, retry_after_ms) "
 					 "  WHERE o.id OPERATOR(pg_catalog.=) d.id RETURNING o.next_attempt_at) "
 					 "SELECT pg_catalog.min(u.next_attempt_at) FROM u",
 					 ob->qname);
@@ -217,7 +218,8 @@ make_writes(OutboxState *ob, StringInfo sql)
 	/* permanent failures, exhausted attempts, unsendable rows: one place for operators to look */
 	resetStringInfo(sql);
 	appendStringInfo(sql,
-					 "WITH moved AS (DELETE FROM %s o USING pg_catalog.unnest($1, $2, $3) AS d(id, status, err) "
+					 "WITH moved AS (DELETE FROM %s o "
+					 "  USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) AS d(id, status, err) "
 					 "  WHERE o.id OPERATOR(pg_catalog.=) d.id "
 					 "  RETURNING o.id, o.event_id, o.topic, o.key, o.payload, o.headers, o.created_at, o.attempts, "
 					 "    o.first_failed_at, d.status AS d_status, d.err AS d_err, $5 AS d_blocking) ",
