@@ -93,7 +93,7 @@ append_select(StringInfo sql, const OutboxState *ob, const char *topic_param)
 						 courier_extension_table("dead_letters"), ob->relid);
 	appendStringInfo(sql,
 					 "), o.headers IS NULL OR pg_catalog.jsonb_typeof(o.headers) OPERATOR(pg_catalog.=) ANY "
-					 "     ('{object,null}'::pg_catalog.text[]) "
+					 "     ('{object,\"null\"}'::pg_catalog.text[]) "
 					 "FROM %s o ",
 					 ob->qname);
 }

@@ -93,7 +93,7 @@ my @mutations = (
 	[ 'created_at BC',     { created_at => q{'0044-03-15 12:00:00+00 BC'} }, 'deliver' ],
 	[ 'payload NULL',      { payload => 'NULL' }, 'payload' ],
 	[ 'payload null',      { payload => q{'null'} }, 'deliver' ],
-	[ 'payload string',    { payload => q{to_jsonb(E'text \x01 \u00e9 "q" \\\\')} }, 'deliver' ],
+	[ 'payload string',    { payload => q{to_jsonb(E'text \x01 \u00e9 "q" \\\\'::text)} }, 'deliver' ],
 	[ 'payload array',     { payload => q{'[]'} }, 'deliver' ],
 	[ 'payload number',    { payload => q{'-1.5e300'} }, 'deliver' ],
 	[ 'payload deep',      { payload => q{(repeat('[', 500) || repeat(']', 500))::jsonb} }, 'deliver' ],
@@ -172,7 +172,7 @@ diag('rows: ' . join(', ', map { "$_ $count{$_}" } sort keys %count) . '; clean 
 
 # Everything leaves the outboxes: delivered, or moved to the dead letters.
 ok(CourierTest::wait_until(sub {
-	$node->safe_psql('postgres', join(' + ', map { "(SELECT count(*) FROM $_)" } @attacked, 'alice.clean')) == 0 },
+	$node->safe_psql('postgres', 'SELECT ' . join(' + ', map { "(SELECT count(*) FROM $_)" } @attacked, 'alice.clean')) == 0 },
 	timeout => 180, what => 'every outbox drained'), 'every outbox drains')
   or diag $node->safe_psql('postgres', join(' UNION ALL ', map {
 	"SELECT '$_', id, event_id, attempts, left(last_error, 80) FROM $_" } @attacked));
