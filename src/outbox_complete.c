@@ -358,11 +358,14 @@ courier_complete(List *finished)
 		}
 		{
 			RecordCall	call = {ob, &o};
+			ErrorData  *error;
 
-			if (!courier_run_contained(record_outcome, &call,
-									   psprintf("could not record delivery results for outbox %s "
-												"(the rows stay pending and will be sent again)", ob->qname)))
+			/* a failure here breaks the outbox: reported once, then retried with a backoff */
+			if (courier_run_contained_quiet(record_outcome, &call, &error))
+				courier_health_ok(ob, &ob->delivery, true);
+			else
 			{
+				courier_health_failed(ob, &ob->delivery, error, true);
 				/*
 				 * Nothing was written: forget the outcomes (keys are neither
 				 * blocked nor unblocked by them) and read everything again.

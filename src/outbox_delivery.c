@@ -514,6 +514,11 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	if (!ConditionalLockRelationOid(ob->relid, AccessShareLock))
 		return false;
 	/* statements are made here; a broken outbox is healthy again only if they work */
+	if (ob->plans_stale)
+	{
+		courier_free_plans(ob);
+		ob->plans_stale = false;
+	}
 	if (ob->delivery.failing || ob->fetch_plan == NULL)
 		courier_probe_statements(ob);
 	dp.budget = OB_INFLIGHT(ob) - ob->inflight;

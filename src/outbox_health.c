@@ -46,8 +46,10 @@ static List **watched = NULL;
 
 /*
  * relation_changed
- *		Relcache invalidation callback: a failing outbox whose table changed
- *		is retried at once.  (Only sets fields: it may run at any point where
+ *		Relcache invalidation callback: an outbox whose table changed gets
+ *		its statements prepared again (so that a column dropped under a
+ *		statement that has not run yet is found now, not when it runs), and
+ *		a failing one is retried at once.  (Only sets fields: it may run at any point where
  *		invalidations are processed.)
  */
 static void
@@ -63,6 +65,7 @@ relation_changed(Datum arg, Oid relid)
 
 		if (relid == InvalidOid || relid == ob->relid)
 		{
+			ob->plans_stale = true;
 			ob->delivery.retry_at = 0;
 			ob->maintenance.retry_at = 0;
 		}
@@ -140,6 +143,7 @@ courier_health_problem(OutboxState *ob, OutboxHealth *h, const char *reason)
 		h->since = now;
 		h->backoff_ms = HEALTH_FIRST_BACKOFF_MS;
 		h->signature = 0;
+		h->writes_failed = false;
 		set_reason(h, reason);
 		ereport(WARNING,
 				(errmsg(delivery ? "pg_courier: outbox %s is broken: %s"
@@ -165,11 +169,11 @@ courier_health_problem(OutboxState *ob, OutboxHealth *h, const char *reason)
 /*
  * courier_health_failed
  *		The part failed with this error (caught by the caller, inside the
- *		transaction).  Transient errors and a table that is gone are not a
- *		broken outbox.
+ *		transaction); writing: while recording delivery results.  Transient
+ *		errors and a table that is gone are not a broken outbox.
  */
 void
-courier_health_failed(OutboxState *ob, OutboxHealth *h, const ErrorData *error)
+courier_health_failed(OutboxState *ob, OutboxHealth *h, const ErrorData *error, bool writing)
 {
 	int			code = error->sqlerrcode;
 	bool		transient = (ERRCODE_TO_CATEGORY(code) == ERRCODE_TRANSACTION_ROLLBACK ||
@@ -186,16 +190,21 @@ courier_health_failed(OutboxState *ob, OutboxHealth *h, const ErrorData *error)
 	}
 	courier_health_problem(ob, h, h == &ob->maintenance ?
 						   psprintf("retention purge failed: %s", error->message) : error->message);
+	h->writes_failed |= writing;
 }
 
 /*
  * courier_health_ok
- *		The part just worked.  If it was failing, say that it works again
- *		(one LOG line).
+ *		The part just worked (writing: results were recorded).  If it was
+ *		failing, say that it works again (one LOG line) -- unless it broke
+ *		recording results and only a read worked: the next request's
+ *		results will tell.
  */
 void
-courier_health_ok(OutboxState *ob, OutboxHealth *h)
+courier_health_ok(OutboxState *ob, OutboxHealth *h, bool writing)
 {
+	if (h->failing && h->writes_failed && !writing)
+		return;
 	if (h->failing)
 		ereport(LOG,
 				(errmsg(h == &ob->delivery ? "pg_courier: outbox %s works again (broken since %s)"
@@ -206,6 +215,7 @@ courier_health_ok(OutboxState *ob, OutboxHealth *h)
 	if (h->failing)
 	{
 		h->failing = false;
+		h->writes_failed = false;
 		h->reason[0] = '\0';
 		publish(ob);
 	}

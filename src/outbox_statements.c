@@ -12,9 +12,11 @@
  * it belong to another role, who can also create schemas, functions and
  * operators.  So the SQL here resolves nothing through search_path: every
  * function is pg_catalog-qualified, every operator is written
- * OPERATOR(pg_catalog.x), every cast names a pg_catalog type, and
- * constructs that look an operator up by name (IN, NOT IN, NULLIF,
- * IS DISTINCT FROM) are not used.  Extension tables are named through
+ * OPERATOR(pg_catalog.x) (these share one precedence, left to right, so
+ * mixed expressions are parenthesised), every cast names a pg_catalog type,
+ * and constructs that look an operator up by name (IN, NOT IN, NULLIF,
+ * IS DISTINCT FROM) are not used; ORDER BY uses the type's default btree
+ * ordering, found through the type, not the path.  Extension tables are named through
  * courier_extension_table() only.
  *
  * Rows are untrusted too: the owner may have dropped any NOT NULL, CHECK or
@@ -397,9 +399,9 @@ courier_purge_delivered_of(const OutboxState *ob)
 	Datum		args[1] = {ObjectIdGetDatum(ob->relid)};
 	char	   *sql = psprintf("DELETE FROM %s d WHERE d.id OPERATOR(pg_catalog.=) ANY ("
 							   "  SELECT e.id FROM %s e WHERE e.outbox OPERATOR(pg_catalog.=) $1 "
-							   "     AND e.delivered_at OPERATOR(pg_catalog.<) pg_catalog.now() OPERATOR(pg_catalog.-) "
+							   "     AND e.delivered_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) "
 							   "       (SELECT (o.options OPERATOR(pg_catalog.->>) 'retention')::pg_catalog.interval "
-							   "          FROM %s o WHERE o.outbox OPERATOR(pg_catalog.=) $1) "
+							   "          FROM %s o WHERE o.outbox OPERATOR(pg_catalog.=) $1)) "
 							   "  LIMIT %d)",
 							   courier_extension_table("delivered_events"),
 							   courier_extension_table("delivered_events"),

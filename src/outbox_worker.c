@@ -96,10 +96,10 @@ dispatch_one(OutboxState *ob, const CourierHoldSet *holds)
 	if (!ob->wanted || ob->shape_problem || courier_health_resting(&ob->delivery, GetCurrentTimestamp()))
 		return false;
 	if (courier_run_contained_quiet(dispatch_call, &c, &error))
-		courier_health_ok(ob, &ob->delivery);
+		courier_health_ok(ob, &ob->delivery, false);
 	else
 	{
-		courier_health_failed(ob, &ob->delivery, error);
+		courier_health_failed(ob, &ob->delivery, error, false);
 		courier_counters_record(ob->counters, 0, 0, 0, NULL);
 		courier_dispatch_abort(ob);
 		/* statements may refer to a dropped or altered table: prepare them again */
@@ -376,15 +376,15 @@ purge_delivered(TimestampTz now)
 
 		if (!ob->retain)
 		{
-			courier_health_ok(ob, &ob->maintenance);	/* (no retention: nothing to fail) */
+			courier_health_ok(ob, &ob->maintenance, false);	/* (no retention: nothing to fail) */
 			continue;
 		}
 		if (courier_health_resting(&ob->maintenance, now))
 			continue;
 		if (courier_run_contained_quiet(purge_one, &c, &error))
-			courier_health_ok(ob, &ob->maintenance);
+			courier_health_ok(ob, &ob->maintenance, false);
 		else
-			courier_health_failed(ob, &ob->maintenance, error);
+			courier_health_failed(ob, &ob->maintenance, error, false);
 		more |= c.more;
 	}
 	if (more)

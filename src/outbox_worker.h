@@ -65,6 +65,7 @@ typedef struct OutboxHealth
 	TimestampTz retry_at;		/* not before this (0: now) */
 	int			backoff_ms;
 	uint32		signature;		/* of the registration when it broke (0: not taken yet) */
+	bool		writes_failed;	/* it broke recording results: only a recorded result mends it */
 } OutboxHealth;
 
 /* What the worker knows about one registered outbox. */
@@ -133,6 +134,7 @@ typedef struct OutboxState
 	OutboxHealth delivery;		/* reading and sending */
 	OutboxHealth maintenance;	/* the retention purge */
 	bool		shape_problem;	/* the last catalog refresh found the table unfit */
+	bool		plans_stale;	/* the table changed: prepare the statements again */
 } OutboxState;
 
 /* One HTTP request and the rows it carries. */
@@ -177,9 +179,9 @@ extern bool courier_purge_delivered_of(const OutboxState *ob);
 /* outbox_health.c */
 extern void courier_health_watch(List **outboxes);
 extern bool courier_health_resting(const OutboxHealth *h, TimestampTz now);
-extern void courier_health_failed(OutboxState *ob, OutboxHealth *h, const ErrorData *error);
+extern void courier_health_failed(OutboxState *ob, OutboxHealth *h, const ErrorData *error, bool writing);
 extern void courier_health_problem(OutboxState *ob, OutboxHealth *h, const char *reason);
-extern void courier_health_ok(OutboxState *ob, OutboxHealth *h);
+extern void courier_health_ok(OutboxState *ob, OutboxHealth *h, bool writing);
 extern void courier_health_refreshed(OutboxState *ob, HeapTuple tup, TupleDesc desc);
 
 /* outbox_parking.c */
