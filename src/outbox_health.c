@@ -115,7 +115,9 @@ publish(OutboxState *ob)
 
 /*
  * set_reason
- *		Keep a reason, cut to the buffer on a character boundary.
+ *		Keep a reason, cut to the buffer on a character boundary, with
+ *		control characters made spaces: it may quote an owner's own error
+ *		message, and goes into the server log as one line.
  */
 static void
 set_reason(OutboxHealth *h, const char *reason)
@@ -124,6 +126,9 @@ set_reason(OutboxHealth *h, const char *reason)
 
 	memcpy(h->reason, reason, len);
 	h->reason[len] = '\0';
+	for (int i = 0; i < len; i++)
+		if ((unsigned char) h->reason[i] < 0x20 || h->reason[i] == 0x7f)
+			h->reason[i] = ' ';
 }
 
 /*
