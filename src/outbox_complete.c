@@ -17,6 +17,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -222,6 +223,11 @@ record_outcome(void *arg)
 	Oid			user;
 	int			sec;
 
+	/* the owner holds a lock on the table: do not wait for it (the rows are sent again) */
+	if (!ConditionalLockRelationOid(ob->relid, RowExclusiveLock))
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("outbox %s is locked by another transaction", ob->qname)));
 	/* (statements dropped after an error or a rename while requests were out) */
 	if (ob->delete_plan == NULL)
 		courier_make_plans(ob);

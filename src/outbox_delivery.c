@@ -551,10 +551,10 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 		ob->last_full_scan = now;
 		courier_parking_clear(ob);
 		ob->retry_at = next_retry_at(ob);
-		/* rows without an id cannot be read by id: out of the way with them */
+		/* rows without a (positive) id are never read: out of the way with them */
 		nnull = courier_dead_letter_null_ids(ob);
 		if (nnull > 0)
-			courier_counters_record(ob->counters, 0, 0, nnull, "id is NULL");
+			courier_counters_record(ob->counters, 0, 0, nnull, "id is NULL or not positive");
 	}
 	last = ob->cursor;
 

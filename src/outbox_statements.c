@@ -72,7 +72,7 @@ static void
 append_select(StringInfo sql, const OutboxState *ob, const char *topic_param)
 {
 	appendStringInfo(sql,
-					 "SELECT o.id, o.event_id, COALESCE(o.topic, %s), o.key, o.payload, "
+					 "SELECT o.id, o.event_id, COALESCE(o.topic::pg_catalog.text, %s), o.key, o.payload, "
 					 "  CASE WHEN pg_catalog.jsonb_typeof(o.headers) OPERATOR(pg_catalog.=) 'object' THEN "
 					 "    (SELECT pg_catalog.string_agg(h.k OPERATOR(pg_catalog.||) ': ' OPERATOR(pg_catalog.||) h.v, "
 					 "                                  pg_catalog.chr(10)) "
@@ -171,7 +171,8 @@ append_dead_letter_insert(StringInfo sql, const char *outbox_param)
  * make_writes
  *		The four writes: delete (or keep) acknowledged rows, record a
  *		failure, move rows to the dead letters by id, and move rows whose id
- *		is NULL (they have no place in the order and cannot be named).
+ *		is NULL or not positive (they have no place in the order, and the
+ *		reads, which start above id 0, never meet them).
  */
 static void
 make_writes(OutboxState *ob, StringInfo sql)
@@ -231,9 +232,11 @@ make_writes(OutboxState *ob, StringInfo sql)
 
 	resetStringInfo(sql);
 	appendStringInfo(sql,
-					 "WITH moved AS (DELETE FROM %s o WHERE o.id IS NULL "
+					 "WITH moved AS (DELETE FROM %s o WHERE o.id IS NULL OR o.id OPERATOR(pg_catalog.<=) 0 "
 					 "  RETURNING o.id, o.event_id, o.topic, o.key, o.payload, o.headers, o.created_at, o.attempts, "
-					 "    o.first_failed_at, 0 AS d_status, 'id is NULL'::pg_catalog.text AS d_err, false AS d_blocking) ",
+					 "    o.first_failed_at, 0 AS d_status, "
+					 "    CASE WHEN o.id IS NULL THEN 'id is NULL' ELSE 'id is not positive' END::pg_catalog.text AS d_err, "
+					 "    false AS d_blocking) ",
 					 ob->qname);
 	append_dead_letter_insert(sql, "$1");
 	ob->null_id_plan = SPI_prepare(sql->data, 1, null_id_types);
@@ -349,7 +352,8 @@ courier_probe_statements(OutboxState *ob)
 /*
  * courier_dead_letter_null_ids
  *		Move the outbox's rows whose id is NULL (its owner dropped the
- *		primary key) to the dead letters.  Returns how many there were.
+ *		primary key) or not positive (written explicitly) to the dead
+ *		letters.  Returns how many there were.
  */
 uint64
 courier_dead_letter_null_ids(OutboxState *ob)

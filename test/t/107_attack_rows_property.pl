@@ -110,6 +110,7 @@ my @mutations = (
 	[ 'retry NULL',        { attempts => '2', next_attempt_at => 'NULL' }, 'deliver' ],
 	[ 'event_id NULL',     { event_id => 'NULL' }, 'event_id' ],
 	[ 'id NULL',           { last_error => q{'make-id-null'} }, 'id' ],
+	[ 'id negative',       { last_error => q{'make-id-negative'} }, 'id' ],
 );
 
 # Rows: every attacked outbox gets good and bad rows on a few keys, in transactions of ten that
@@ -149,7 +150,8 @@ for my $batch (1 .. 40)
 	my @sends = grep { /courier\.send/ } @sql;
 	my $out = $node->safe_psql('postgres', join("\n", 'BEGIN;', 'SET ROLE eve;',
 		(map { /courier\.send/ ? ('RESET ROLE;', 'SET ROLE alice;', $_, 'RESET ROLE;', 'SET ROLE eve;') : $_ } @sql),
-		(map { "UPDATE $_ SET id = NULL WHERE last_error = 'make-id-null';" } @attacked), 'COMMIT;'));
+		(map { "UPDATE $_ SET id = NULL WHERE last_error = 'make-id-null';",
+		       "UPDATE $_ SET id = -id WHERE last_error = 'make-id-negative';" } @attacked), 'COMMIT;'));
 	my @lines = split /\n/, $out;
 	for my $line (@lines)
 	{
