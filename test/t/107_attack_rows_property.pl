@@ -151,7 +151,7 @@ for my $batch (1 .. 40)
 	my $out = $node->safe_psql('postgres', join("\n", 'BEGIN;', 'SET ROLE eve;',
 		(map { /courier\.send/ ? ('RESET ROLE;', 'SET ROLE alice;', $_, 'RESET ROLE;', 'SET ROLE eve;') : $_ } @sql),
 		(map {; "UPDATE $_ SET id = NULL WHERE last_error = 'make-id-null';",
-		       "UPDATE $_ SET id = -id WHERE last_error = 'make-id-negative';" } @attacked), 'COMMIT;'));
+		       "UPDATE $_ SET id = -id WHERE last_error = 'make-id-negative' AND id > 0;" } @attacked), 'COMMIT;'));
 	my @lines = split /\n/, $out;
 	for my $line (@lines)
 	{
