@@ -21,7 +21,6 @@ use CourierTest;
 
 my $seed = $ENV{COURIER_PROPERTY_SEED} // int(rand(1_000_000_000));
 diag("seed $seed (COURIER_PROPERTY_SEED=$seed repeats this run)");
-srand($seed);
 
 my $sink = CourierSink->start;
 my $node = CourierTest::node('rows', conf => ["courier.poll_interval = '200ms'"]);
@@ -116,6 +115,7 @@ my @mutations = (
 # Rows: every attacked outbox gets good and bad rows on a few keys, in transactions of ten that
 # write to several outboxes at once; alice's outbox gets good rows in the same transactions.
 my @columns = qw(event_id topic key payload headers created_at attempts next_attempt_at last_error);
+srand($seed);    # (here: setting up nodes and sinks draws random numbers too)
 my (@rows, @clean);
 my $n = 0;
 for my $batch (1 .. 40)
