@@ -163,7 +163,9 @@ courier_health_problem(OutboxState *ob, OutboxHealth *h, const char *reason)
 	}
 	else
 	{
-		h->backoff_ms = Min(h->backoff_ms * 2, HEALTH_MAX_BACKOFF_MS);
+		/* (several failures of one try, e.g. of requests already out, count once) */
+		if (h->retry_at == 0 || now >= h->retry_at)
+			h->backoff_ms = Min(h->backoff_ms * 2, HEALTH_MAX_BACKOFF_MS);
 		set_reason(h, reason);
 	}
 	h->failures++;
