@@ -73,18 +73,25 @@ uuid_text(const pg_uuid_t *u, char *out)
 }
 
 /*
+ * The longest key a row may have.  A failed row's key goes into the outbox's
+ * index of failed rows (key, id), whose entries cannot exceed about a third
+ * of a page: a longer key could be sent but its failure not recorded.
+ */
+#define COURIER_MAX_KEY_BYTES	2000
+
+/*
  * text_problem
  *		Why a topic or key cannot be sent, or NULL.
  */
 static const char *
-text_problem(const char *value, const char *column, bool required)
+text_problem(const char *value, const char *column, bool required, size_t limit)
 {
 	if (value == NULL)
 		return required ? psprintf("%s is NULL", column) : NULL;
 	if (required && value[0] == '\0')
 		return psprintf("%s is empty", column);
-	if (strlen(value) > (size_t) courier_max_payload_bytes)
-		return psprintf("%s is longer than courier.max_payload_bytes (%d)", column, courier_max_payload_bytes);
+	if (strlen(value) > limit)
+		return psprintf("%s is longer than %zu bytes", column, limit);
 	return NULL;
 }
 
@@ -121,8 +128,9 @@ courier_decode_row(HeapTuple tup, TupleDesc desc, const OutboxState *ob, OutboxR
 		return;
 	}
 	uuid_text(DatumGetUUIDP(d), r->event_id);
-	if ((problem = text_problem(r->topic, "topic", true)) != NULL ||
-		(problem = text_problem(r->key, "key", false)) != NULL)
+	/* (a topic as long as courier.max_payload_bytes allows a payload) */
+	if ((problem = text_problem(r->topic, "topic", true, (size_t) courier_max_payload_bytes)) != NULL ||
+		(problem = text_problem(r->key, "key", false, COURIER_MAX_KEY_BYTES)) != NULL)
 	{
 		r->unsendable = problem;
 		return;
