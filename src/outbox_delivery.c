@@ -221,9 +221,9 @@ static void
 dead_letter_unsendable(OutboxState *ob, List *rows)
 {
 	int			n = list_length(rows);
-	Datum	   *id = palloc(sizeof(Datum) * (n + 1));
-	Datum	   *status = palloc(sizeof(Datum) * (n + 1));
-	Datum	   *err = palloc(sizeof(Datum) * (n + 1));
+	Datum	   *id = palloc(sizeof(Datum) * n);
+	Datum	   *status = palloc(sizeof(Datum) * n);
+	Datum	   *err = palloc(sizeof(Datum) * n);
 	Datum		args[5];
 	ListCell   *lc;
 	int			i = 0;
