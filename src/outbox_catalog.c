@@ -210,6 +210,8 @@ courier_refresh_outboxes(List **outboxes)
 		ob->retain = DatumGetBool(SPI_getbinval(tup, desc, 20, &isnull));
 		if (ob->fetch_plan && ob->plans_retain != ob->retain)
 			courier_free_plans(ob);
+		/* health: the table's shape, and a retry when a broken outbox's registration changed */
+		courier_health_refreshed(ob, tup, desc);
 	}
 
 	foreach(lc, *outboxes)

@@ -18,6 +18,7 @@
 #include "catalog/pg_type.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -249,6 +250,11 @@ record_outcome(void *arg)
 	Oid			user;
 	int			sec;
 
+	/* the owner holds a lock on the table: do not wait for it (the rows are sent again) */
+	if (!ConditionalLockRelationOid(ob->relid, RowExclusiveLock))
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("outbox %s is locked by another transaction", ob->qname)));
 	/* (statements dropped after an error or a rename while requests were out) */
 	if (ob->delete_plan == NULL)
 		courier_make_plans(ob);
@@ -385,11 +391,14 @@ courier_complete(List *finished)
 		}
 		{
 			RecordCall	call = {ob, &o};
+			ErrorData  *error;
 
-			if (!courier_run_contained(record_outcome, &call,
-									   psprintf("could not record delivery results for outbox %s "
-												"(the rows stay pending and will be sent again)", ob->qname)))
+			/* a failure here breaks the outbox: reported once, then retried with a backoff */
+			if (courier_run_contained_quiet(record_outcome, &call, &error))
+				courier_health_ok(ob, &ob->delivery, true);
+			else
 			{
+				courier_health_failed(ob, &ob->delivery, error, true);
 				/*
 				 * Nothing was written: forget the outcomes (keys are neither
 				 * blocked nor unblocked by them) and read everything again.

@@ -25,6 +25,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -171,26 +172,6 @@ start_delivery(Delivery *d)
 }
 
 /*
- * read_row
- *		Decode one fetched row (strings live in the SPI tuple table).
- */
-static void
-read_row(HeapTuple tup, TupleDesc desc, OutboxRow *r)
-{
-	bool		isnull;
-
-	r->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-	r->event_id = SPI_getvalue(tup, desc, 2);
-	r->topic = SPI_getvalue(tup, desc, 3);
-	r->key = SPI_getvalue(tup, desc, 4);
-	r->payload = SPI_getvalue(tup, desc, 5);
-	r->headers = SPI_getvalue(tup, desc, 6);
-	r->time = SPI_getvalue(tup, desc, 7);
-	r->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
-	r->blocked = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
-}
-
-/*
  * open_delivery_for
  *		The request a row goes into: an open one with room (batched formats,
  *		same topic for Kafka) or a new one if the in-flight budget allows.
@@ -224,16 +205,24 @@ open_delivery_for(OutboxState *ob, List **open, const OutboxRow *r, int *budget)
 	return d;
 }
 
+/* A row that can never be sent, and why (outbox_format.c judges rows). */
+typedef struct UnsendableRow
+{
+	int64		id;
+	const char *why;
+} UnsendableRow;
+
 /*
  * dead_letter_unsendable
- *		Rows that cannot be sent as they are (an invalid Kafka topic name)
- *		go to the dead letters at once: no retry can help them.  Called after
- *		a read's rows were taken (it runs a statement of its own).
+ *		Rows that cannot be sent as they are (a NULL payload, an invalid
+ *		Kafka topic name, ...) go to the dead letters at once, each with the
+ *		reason naming its column: no retry can help them.  Called after a
+ *		read's rows were taken (it runs a statement of its own).
  */
 static void
-dead_letter_unsendable(OutboxState *ob, List *ids, const char *why)
+dead_letter_unsendable(OutboxState *ob, List *rows)
 {
-	int			n = list_length(ids);
+	int			n = list_length(rows);
 	Datum	   *id = palloc(sizeof(Datum) * n);
 	Datum	   *status = palloc(sizeof(Datum) * n);
 	Datum	   *err = palloc(sizeof(Datum) * n);
@@ -243,11 +232,13 @@ dead_letter_unsendable(OutboxState *ob, List *ids, const char *why)
 
 	if (n == 0)
 		return;
-	foreach(lc, ids)
+	foreach(lc, rows)
 	{
-		id[i] = Int64GetDatum(*(int64 *) lfirst(lc));
+		UnsendableRow *u = lfirst(lc);
+
+		id[i] = Int64GetDatum(u->id);
 		status[i] = Int32GetDatum(0);
-		err[i++] = CStringGetTextDatum(why);
+		err[i++] = CStringGetTextDatum(u->why);
 	}
 	args[0] = PointerGetDatum(construct_array(id, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
 	args[1] = PointerGetDatum(construct_array(status, n, INT4OID, 4, true, TYPALIGN_INT));
@@ -256,7 +247,7 @@ dead_letter_unsendable(OutboxState *ob, List *ids, const char *why)
 	args[4] = BoolGetDatum(ob->block_on_dead);
 	if (SPI_execute_plan(ob->dead_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "pg_courier: could not move rows of %s to courier.dead_letters", ob->qname);
-	courier_counters_record(ob->counters, 0, 0, n, why);
+	courier_counters_record(ob->counters, 0, 0, n, ((UnsendableRow *) linitial(rows))->why);
 }
 
 /*
@@ -271,7 +262,8 @@ courier_dispatch_possible(OutboxState *ob)
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz next = courier_breaker_next_change(ob->breaker);
 
-	if (!ob->enabled || OB_INFLIGHT(ob) <= ob->inflight || (next != 0 && now < next))
+	if (!ob->enabled || OB_INFLIGHT(ob) <= ob->inflight || (next != 0 && now < next) ||
+		ob->shape_problem || courier_health_resting(&ob->delivery, now))
 		return false;
 	/* is there anything to read?  (the commit count is read before the snapshot) */
 	ob->commits = ob->counters ? pg_atomic_read_u64(&ob->counters->commits) : 0;
@@ -291,7 +283,8 @@ typedef struct DispatchPass
 	int			started;		/* rows put into requests */
 	HTAB	   *held_keys;		/* keys held back in this pass */
 	int64		first_held;		/* the cursor must stay below this */
-	List	   *unsendable;		/* ids of rows that can never be sent */
+	List	   *unsendable;		/* rows that can never be sent (UnsendableRow) */
+	int64		last_unsendable;	/* id of the last row added to it */
 } DispatchPass;
 
 /*
@@ -353,12 +346,18 @@ take_row(DispatchPass *dp, OutboxRow *r)
 			return true;
 		}
 	}
-	if (ob->format == COURIER_FORMAT_KAFKA_REST_V2 && !courier_valid_kafka_topic(r->topic))
+	if (r->unsendable)
 	{
-		int64	   *id = palloc(sizeof(int64));
+		/* (at the head of its key: it goes to the dead letters in its turn) */
+		UnsendableRow *u = palloc(sizeof(UnsendableRow));
 
-		*id = r->id;
-		dp->unsendable = lappend(dp->unsendable, id);
+		u->id = r->id;
+		u->why = r->unsendable;
+		dp->unsendable = lappend(dp->unsendable, u);
+		dp->last_unsendable = r->id;
+		/* on_dead_letter = 'block': its later rows wait behind the dead letter */
+		if (r->key && ob->block_on_dead)
+			hold_row(dp, r->id, keyhash);
 		return true;
 	}
 	d = open_delivery_for(ob, &ob->open, r, &dp->budget);
@@ -399,11 +398,12 @@ take_rows(DispatchPass *dp, SPIPlanPtr plan, Datum *args, int64 *last)
 		elog(ERROR, "pg_courier: could not read outbox %s", dp->ob->qname);
 	n = SPI_processed;
 	rows = SPI_tuptable;		/* ours, whatever other statements run meanwhile */
+	courier_check_row_shape(dp->ob, rows->tupdesc);
 	for (uint64 i = 0; i < n; i++)
 	{
 		OutboxRow	r;
 
-		read_row(rows->vals[i], rows->tupdesc, &r);
+		courier_decode_row(rows->vals[i], rows->tupdesc, dp->ob, &r);
 		if (!take_row(dp, &r))
 			break;
 		*last = r.id;
@@ -440,12 +440,13 @@ take_parked(DispatchPass *dp, int limit)
 		elog(ERROR, "pg_courier: could not read outbox %s", ob->qname);
 	returned = SPI_processed;
 	rows = SPI_tuptable;
+	courier_check_row_shape(ob, rows->tupdesc);
 	for (uint64 i = 0; i < returned; i++)
 	{
 		OutboxRow	r;
 		uint32		keyhash;
 
-		read_row(rows->vals[i], rows->tupdesc, &r);
+		courier_decode_row(rows->vals[i], rows->tupdesc, ob, &r);
 		if (r.key == NULL)
 		{
 			/* its key was removed meanwhile: it waits for nothing now */
@@ -455,8 +456,9 @@ take_parked(DispatchPass *dp, int limit)
 		}
 		keyhash = courier_key_hash(r.key, strlen(r.key));
 		if (!dp->stopped && take_row(dp, &r) &&
-			(hash_search(ob->inflight_ids, &r.id, HASH_FIND, NULL) || courier_parked_before(ob, keyhash, r.id + 1)))
-			continue;			/* sent, or queued again behind its key */
+			(hash_search(ob->inflight_ids, &r.id, HASH_FIND, NULL) || courier_parked_before(ob, keyhash, r.id + 1) ||
+			 dp->last_unsendable == r.id))
+			continue;			/* sent, queued again behind its key, or dead */
 		/* out of budget, or held back: back to the front of its queue */
 		if (!courier_park(ob, keyhash, r.id))
 			hold_row(dp, r.id, keyhash);
@@ -505,10 +507,22 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	int64		last;
 	int64		cursor_before = ob->cursor;
 	uint64		n = 0;
+	uint64		nnull;
 
 	dp.ob = ob;
 	dp.holds = holds;
 	dp.first_held = PG_INT64_MAX;
+	/* the owner holds a lock on the table: try again later rather than wait */
+	if (!ConditionalLockRelationOid(ob->relid, AccessShareLock))
+		return false;
+	/* statements are made here; a broken outbox is healthy again only if they work */
+	if (ob->plans_stale)
+	{
+		courier_free_plans(ob);
+		ob->plans_stale = false;
+	}
+	if (ob->delivery.failing || ob->fetch_plan == NULL)
+		courier_probe_statements(ob);
 	dp.budget = OB_INFLIGHT(ob) - ob->inflight;
 	if (!ob->enabled || dp.budget <= 0)
 		return false;
@@ -522,8 +536,6 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 		dp.budget = 1;
 		dp.probe = true;
 	}
-	if (ob->fetch_plan == NULL)
-		courier_make_plans(ob);
 
 	/*
 	 * A read from the start: on request (rows with explicit ids arrived, an
@@ -541,6 +553,10 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 		ob->last_full_scan = now;
 		courier_parking_clear(ob);
 		ob->retry_at = next_retry_at(ob);
+		/* rows without a (positive) id are never read: out of the way with them */
+		nnull = courier_dead_letter_null_ids(ob);
+		if (nnull > 0)
+			courier_counters_record(ob->counters, 0, 0, nnull, "id is NULL or not positive");
 	}
 	last = ob->cursor;
 
@@ -576,7 +592,7 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	ob->open = NIL;
 	if (dp.probe && dp.started == 0)
 		courier_breaker_release_probe(ob->breaker);
-	dead_letter_unsendable(ob, dp.unsendable, "invalid Kafka topic name");
+	dead_letter_unsendable(ob, dp.unsendable);
 
 	/*
 	 * Advance the cursor over what this pass took, but never past a held

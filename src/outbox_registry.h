@@ -60,7 +60,19 @@ typedef struct CourierOutboxCounters
 	TimestampTz last_success_at;
 	TimestampTz last_failure_at;
 	char		last_error[COURIER_ERRLEN];
+	/* health, published by the worker (outbox_health.c); zero is ok */
+	int			status;			/* CourierOutboxStatus */
+	TimestampTz status_since;
+	char		status_reason[COURIER_ERRLEN];
 } CourierOutboxCounters;
+
+/* What courier.outbox_stats.status says. */
+typedef enum CourierOutboxStatus
+{
+	COURIER_STATUS_OK = 0,
+	COURIER_STATUS_BROKEN,		/* delivery fails: events wait */
+	COURIER_STATUS_DEGRADED		/* delivery works, maintenance (retention purge) fails */
+} CourierOutboxStatus;
 
 /* One entry per database worker. */
 typedef struct CourierWorkerInfo
@@ -95,5 +107,7 @@ extern CourierOutboxCounters *courier_counters_lookup(Oid relid);
 extern void courier_counters_release(CourierOutboxCounters *c, Oid relid);
 extern void courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 retries,
 									uint64 dead, const char *error);
+extern void courier_counters_set_status(CourierOutboxCounters *c, CourierOutboxStatus status,
+										const char *reason, TimestampTz since);
 
 #endif							/* OUTBOX_REGISTRY_H */

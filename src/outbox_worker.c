@@ -83,18 +83,23 @@ dispatch_call(void *arg)
 
 /*
  * dispatch_one
- *		Read and send one outbox, contained: a failure is logged and counted
- *		on the outbox and does not stop the others.  Returns "more waiting".
+ *		Read and send one outbox, contained: a failure marks the outbox
+ *		broken (reported once, retried with a backoff: outbox_health.c) and
+ *		does not stop the others.  Returns "more waiting".
  */
 static bool
 dispatch_one(OutboxState *ob, const CourierHoldSet *holds)
 {
 	DispatchCall c = {ob, holds, false};
+	ErrorData  *error;
 
-	if (!ob->wanted)
+	if (!ob->wanted || ob->shape_problem || courier_health_resting(&ob->delivery, GetCurrentTimestamp()))
 		return false;
-	if (!courier_run_contained(dispatch_call, &c, psprintf("could not read outbox %s", ob->qname)))
+	if (courier_run_contained_quiet(dispatch_call, &c, &error))
+		courier_health_ok(ob, &ob->delivery, false);
+	else
 	{
+		courier_health_failed(ob, &ob->delivery, error, false);
 		courier_counters_record(ob->counters, 0, 0, 0, NULL);
 		courier_dispatch_abort(ob);
 		/* statements may refer to a dropped or altered table: prepare them again */
@@ -235,7 +240,7 @@ can_send(OutboxState *ob, TimestampTz now)
 	TimestampTz reopen = courier_breaker_next_change(ob->breaker);
 
 	return ob->enabled && ob->inflight < (ob->max_inflight > 0 ? ob->max_inflight : courier_max_inflight) &&
-		(reopen == 0 || now >= reopen);
+		(reopen == 0 || now >= reopen) && !ob->shape_problem && !courier_health_resting(&ob->delivery, now);
 }
 
 /*
@@ -312,32 +317,79 @@ call_void(void *fn)
 }
 
 /*
- * purge_delivered
- *		Remove retained delivered events past their outbox's retention (or
- *		whose outbox is gone or keeps none any more), in small batches.
+ * purge_orphans
+ *		Retained delivered events of outboxes that are gone or keep none.
  */
 static void
-purge_delivered(void *arg)
+purge_orphans(void *arg)
+{
+	SPI_connect();
+	*(bool *) arg = courier_purge_orphaned_delivered();
+	SPI_finish();
+}
+
+/* Arguments and result of purge_one, through courier_run_contained_quiet. */
+typedef struct PurgeCall
+{
+	OutboxState *ob;
+	bool		more;
+} PurgeCall;
+
+/*
+ * purge_one
+ *		One outbox's retained delivered events past its retention.
+ */
+static void
+purge_one(void *arg)
+{
+	PurgeCall  *c = arg;
+
+	SPI_connect();
+	c->more = courier_purge_delivered_of(c->ob);
+	SPI_finish();
+}
+
+/*
+ * purge_delivered
+ *		Remove retained delivered events past their outbox's retention (or
+ *		whose outbox is gone or keeps none any more), in small batches, every
+ *		10 s.  Each outbox's purge is contained: a retention its owner stored
+ *		that cannot be computed with fails that outbox's purge only, and is
+ *		reported like a broken outbox (outbox_health.c).
+ */
+static void
+purge_delivered(TimestampTz now)
 {
 	static TimestampTz last_purge = 0;
-	TimestampTz now = GetCurrentTimestamp();
+	bool		more = false;
+	ListCell   *lc;
 
 	if (!TimestampDifferenceExceeds(last_purge, now, 10 * 1000))
 		return;
 	last_purge = now;
-	SPI_connect();
-	if (SPI_execute("DELETE FROM courier.delivered_events d WHERE d.id IN ("
-					"  SELECT e.id FROM courier.delivered_events e"
-					"  LEFT JOIN courier.outboxes o ON o.outbox = e.outbox"
-					"  WHERE o.outbox IS NULL OR NOT (o.options ? 'retention')"
-					"     OR e.delivered_at < now() - (o.options ->> 'retention')::interval"
-					"  LIMIT 10000)", false, 0) != SPI_OK_DELETE)
-		elog(ERROR, "could not purge courier.delivered_events");
-	if (SPI_processed == 10000)
-		last_purge = 0;			/* more may be due */
-	SPI_finish();
-}
+	(void) courier_run_contained(purge_orphans, &more, "purging delivered events of dropped outboxes failed");
+	foreach(lc, outboxes)
+	{
+		OutboxState *ob = lfirst(lc);
+		PurgeCall	c = {ob, false};
+		ErrorData  *error;
 
+		if (!ob->retain)
+		{
+			courier_health_ok(ob, &ob->maintenance, false);	/* (no retention: nothing to fail) */
+			continue;
+		}
+		if (courier_health_resting(&ob->maintenance, now))
+			continue;
+		if (courier_run_contained_quiet(purge_one, &c, &error))
+			courier_health_ok(ob, &ob->maintenance, false);
+		else
+			courier_health_failed(ob, &ob->maintenance, error, false);
+		more |= c.more;
+	}
+	if (more)
+		last_purge = 0;			/* more may be due */
+}
 
 /*
  * maintenance
@@ -357,7 +409,7 @@ maintenance(TimestampTz now)
 		PushActiveSnapshot(GetTransactionSnapshot());
 		courier_run_contained(call_void, (void *) courier_idempotency_maintenance, "idempotency key sweep failed");
 		courier_run_contained(call_void, (void *) courier_saga_maintenance, "saga timeout enforcement failed");
-		courier_run_contained(purge_delivered, NULL, "purging expired delivered events failed");
+		purge_delivered(now);
 		PopActiveSnapshot();
 	}
 	CommitTransactionCommand();
@@ -408,6 +460,7 @@ courier_worker_main(Datum arg)
 	courier_worker_context = AllocSetContextCreate(TopMemoryContext, "pg_courier worker",
 												   ALLOCSET_DEFAULT_SIZES);
 	courier_http_init();
+	courier_health_watch(&outboxes);
 	ereport(LOG, (errmsg("pg_courier: delivery worker started for database \"%s\"", dbname)));
 
 	if (sigsetjmp(local_sigjmp_buf, 1) != 0)

@@ -31,19 +31,42 @@ typedef struct BusyKey
 	int			rows;
 } BusyKey;
 
-/* One outbox row as read for delivery (strings in the fetch's context). */
+/*
+ * One outbox row as read for delivery (strings in the fetch's context).
+ * Every value comes from a table its owner controls: courier_decode_row()
+ * checks each one and says in unsendable why a row cannot be sent.
+ */
 typedef struct OutboxRow
 {
 	int64		id;
-	const char *event_id;
+	char		event_id[37];	/* the uuid, canonical text */
 	const char *topic;
 	const char *key;			/* NULL: no ordering */
 	const char *payload;		/* JSON text */
 	const char *headers;		/* "Name: value" lines, or NULL */
-	const char *time;			/* RFC 3339, UTC */
-	int			attempts;
+	const char *time;			/* RFC 3339, UTC; NULL: not representable, omitted */
+	int			attempts;		/* clamped to 0 .. INT_MAX - 1 */
 	bool		blocked;		/* an earlier row of its key failed and waits */
+	const char *unsendable;		/* why the row can never be sent ("payload is NULL"), or NULL */
 } OutboxRow;
+
+/*
+ * The health of one part of an outbox's work (delivery, or its
+ * maintenance).  A failing part is reported once when it breaks and once
+ * when it works again, and is retried with a backoff in between (see
+ * outbox_health.c).
+ */
+typedef struct OutboxHealth
+{
+	bool		failing;
+	int			failures;		/* consecutive failures */
+	char		reason[256];
+	TimestampTz since;
+	TimestampTz retry_at;		/* not before this (0: now) */
+	int			backoff_ms;
+	uint32		signature;		/* of the registration when it broke (0: not taken yet) */
+	bool		writes_failed;	/* it broke recording results: only a recorded result mends it */
+} OutboxHealth;
 
 /* What the worker knows about one registered outbox. */
 typedef struct OutboxState
@@ -106,7 +129,12 @@ typedef struct OutboxState
 	SPIPlanPtr	delete_plan;
 	SPIPlanPtr	fail_plan;
 	SPIPlanPtr	dead_plan;
+	SPIPlanPtr	null_id_plan;
 	CourierOutboxCounters *counters;
+	OutboxHealth delivery;		/* reading and sending */
+	OutboxHealth maintenance;	/* the retention purge */
+	bool		shape_problem;	/* the last catalog refresh found the table unfit */
+	bool		plans_stale;	/* the table changed: prepare the statements again */
 } OutboxState;
 
 /* One HTTP request and the rows it carries. */
@@ -131,6 +159,7 @@ typedef struct Delivery
 } Delivery;
 
 /* outbox_format.c */
+extern void courier_decode_row(HeapTuple tup, TupleDesc desc, const OutboxState *ob, OutboxRow *r);
 extern void courier_format_cloudevent(StringInfo buf, const OutboxState *ob, const OutboxRow *r);
 extern void courier_format_kafka_record(StringInfo buf, const OutboxState *ob, const OutboxRow *r);
 extern bool courier_valid_kafka_topic(const char *topic);
@@ -138,8 +167,22 @@ extern bool courier_parse_kafka_offsets(const char *json, int len, int nrecords,
 										char *errbuf, int errlen);
 
 /* outbox_statements.c */
+extern const char *courier_extension_table(const char *name);
 extern void courier_make_plans(OutboxState *ob);
 extern void courier_free_plans(OutboxState *ob);
+extern void courier_check_row_shape(const OutboxState *ob, TupleDesc desc);
+extern void courier_probe_statements(OutboxState *ob);
+extern uint64 courier_dead_letter_null_ids(OutboxState *ob);
+extern bool courier_purge_orphaned_delivered(void);
+extern bool courier_purge_delivered_of(const OutboxState *ob);
+
+/* outbox_health.c */
+extern void courier_health_watch(List **outboxes);
+extern bool courier_health_resting(const OutboxHealth *h, TimestampTz now);
+extern void courier_health_failed(OutboxState *ob, OutboxHealth *h, const ErrorData *error, bool writing);
+extern void courier_health_problem(OutboxState *ob, OutboxHealth *h, const char *reason);
+extern void courier_health_ok(OutboxState *ob, OutboxHealth *h, bool writing);
+extern void courier_health_refreshed(OutboxState *ob, HeapTuple tup, TupleDesc desc);
 
 /* outbox_parking.c */
 extern void courier_parking_init(OutboxState *ob);

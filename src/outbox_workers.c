@@ -384,6 +384,23 @@ courier_counters_record(CourierOutboxCounters *c, uint64 delivered, uint64 retri
 	SpinLockRelease(&c->mutex);
 }
 
+/*
+ * courier_counters_set_status
+ *		Publish an outbox's health: status, why (NULL when ok) and since when.
+ */
+void
+courier_counters_set_status(CourierOutboxCounters *c, CourierOutboxStatus status, const char *reason,
+							TimestampTz since)
+{
+	if (c == NULL)
+		return;
+	SpinLockAcquire(&c->mutex);
+	c->status = status;
+	c->status_since = since;
+	strlcpy(c->status_reason, reason ? reason : "", COURIER_ERRLEN);
+	SpinLockRelease(&c->mutex);
+}
+
 /* ---- SQL-callable readers of the shared state ---- */
 
 
@@ -405,8 +422,9 @@ courier_worker_counters(PG_FUNCTION_ARGS)
 	for (int i = 0; i < COURIER_MAX_OUTBOXES; i++)
 	{
 		CourierOutboxCounters c;
-		Datum		values[10];
-		bool		nulls[10] = {0};
+		static const char *const status_names[] = {"ok", "broken", "degraded"};
+		Datum		values[13];
+		bool		nulls[13] = {0};
 
 		SpinLockAcquire(&courier_shared->counters[i].mutex);
 		memcpy(&c, &courier_shared->counters[i], sizeof(c));
@@ -433,6 +451,11 @@ courier_worker_counters(PG_FUNCTION_ARGS)
 		nulls[8] = (c.last_success_at == 0);
 		values[9] = TimestampTzGetDatum(c.last_failure_at);
 		nulls[9] = (c.last_failure_at == 0);
+		values[10] = CStringGetTextDatum(status_names[c.status >= 0 && c.status < lengthof(status_names) ? c.status : 1]);
+		values[11] = CStringGetTextDatum(c.status_reason);
+		nulls[11] = (c.status_reason[0] == '\0');
+		values[12] = TimestampTzGetDatum(c.status_since);
+		nulls[12] = (c.status_since == 0);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	PG_RETURN_VOID();

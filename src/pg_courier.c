@@ -220,19 +220,21 @@ courier_require_preload(const char *what)
 }
 
 /*
- * courier_run_contained
+ * courier_run_contained_quiet
  *		Run fn(arg) in a subtransaction of the current transaction.  If it
- *		fails, roll the subtransaction back, log a WARNING naming what failed,
- *		and return false: one outbox's (or one housekeeping task's) problem
- *		must not undo the others' work in the same transaction.
+ *		fails, roll the subtransaction back and return false with the error
+ *		in *error (allocated in the caller's memory context), without
+ *		logging it: the caller decides whether and how often it is worth a
+ *		line in the log (see outbox_health.c).
  */
 bool
-courier_run_contained(void (*fn) (void *), void *arg, const char *what)
+courier_run_contained_quiet(void (*fn) (void *), void *arg, ErrorData **error)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	volatile bool ok = true;
 
+	*error = NULL;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
@@ -242,20 +244,35 @@ courier_run_contained(void (*fn) (void *), void *arg, const char *what)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
 		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
+		*error = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
-		ereport(WARNING, (errmsg("pg_courier: %s: %s", what, edata->message)));
-		FreeErrorData(edata);
 		ok = false;
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);
 	CurrentResourceOwner = owner;
 	return ok;
+}
+
+/*
+ * courier_run_contained
+ *		Run fn(arg) in a subtransaction of the current transaction.  If it
+ *		fails, roll the subtransaction back, log a WARNING naming what failed,
+ *		and return false: one outbox's (or one housekeeping task's) problem
+ *		must not undo the others' work in the same transaction.
+ */
+bool
+courier_run_contained(void (*fn) (void *), void *arg, const char *what)
+{
+	ErrorData  *edata;
+
+	if (courier_run_contained_quiet(fn, arg, &edata))
+		return true;
+	ereport(WARNING, (errmsg("pg_courier: %s: %s", what, edata->message)));
+	FreeErrorData(edata);
+	return false;
 }
 
 /*

@@ -68,6 +68,8 @@ extern char *courier_redact_text(const char *url);
 
 /* Run fn(arg) in a subtransaction; false (after a WARNING) if it failed. */
 extern bool courier_run_contained(void (*fn) (void *), void *arg, const char *what);
+/* The same without the WARNING: the error is returned in *error. */
+extern bool courier_run_contained_quiet(void (*fn) (void *), void *arg, ErrorData **error);
 
 /* Errors out with a hint when shared memory is not there (not preloaded). */
 extern void courier_require_preload(const char *what);
