@@ -522,74 +522,6 @@ CREATE FUNCTION courier._worker_counters(
     OUT status text, OUT status_reason text, OUT status_since timestamptz)
 RETURNS SETOF record LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'courier_worker_counters';
 
--- status is NULL until the worker has looked at the outbox (or when no worker runs).
-CREATE VIEW courier.outbox_stats WITH (security_invoker = true) AS
-SELECT o.outbox,
-       courier._redact_url(o.endpoint)   AS endpoint,
-       o.format,
-       o.enabled,
-       p.pending,
-       now() - p.oldest_created_at      AS oldest_pending_age,
-       COALESCE(c.delivered, 0)         AS delivered,
-       COALESCE(c.delivered, 0) + COALESCE(c.failed_attempts, 0) AS attempts,
-       COALESCE(c.failed_attempts, 0)   AS failed_attempts,
-       COALESCE(c.retries, 0)           AS retries,
-       COALESCE(c.dead_lettered, 0)     AS dead_lettered,
-       (SELECT count(*) FROM courier.dead_letters d WHERE d.outbox = o.outbox) AS dead_letters,
-       COALESCE(c.requests, 0)          AS requests,
-       CASE WHEN c.last_success_at > now() - interval '2 seconds' THEN round(c.delivered_per_second::numeric, 1)
-            ELSE 0 END                  AS delivered_per_second,
-       COALESCE(courier._breaker_state(courier._origin(o.endpoint)), 'closed') AS breaker_state,
-       c.last_error,
-       c.last_success_at,
-       c.last_failure_at,
-       c.status,
-       c.status_reason,
-       c.status_since
-  FROM courier.outboxes o               -- row-level security: the caller's outboxes only
-  LEFT JOIN courier._worker_counters() c ON c.outbox = o.outbox::oid
-  CROSS JOIN LATERAL courier._outbox_pending(o.outbox) p;
-GRANT SELECT ON courier.outbox_stats TO PUBLIC;
-
--- metrics(): as in 0.1.0, plus courier_outbox_broken.
-CREATE OR REPLACE FUNCTION courier.metrics() RETURNS text
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    out text := '';
-    r record;
-    lbl text;
-BEGIN
-    out := out
-        || E'# HELP courier_outbox_pending Events waiting in the outbox.\n# TYPE courier_outbox_pending gauge\n'
-        || E'# HELP courier_outbox_oldest_pending_seconds Age of the oldest waiting event.\n# TYPE courier_outbox_oldest_pending_seconds gauge\n'
-        || E'# HELP courier_outbox_delivered_total Events acknowledged by the endpoint since the server started.\n# TYPE courier_outbox_delivered_total counter\n'
-        || E'# HELP courier_outbox_failed_attempts_total Failed delivery attempts since the server started.\n# TYPE courier_outbox_failed_attempts_total counter\n'
-        || E'# HELP courier_outbox_dead_lettered_total Events moved to courier.dead_letters since the server started.\n# TYPE courier_outbox_dead_lettered_total counter\n'
-        || E'# HELP courier_outbox_requests_total HTTP requests since the server started.\n# TYPE courier_outbox_requests_total counter\n'
-        || E'# HELP courier_outbox_breaker_open 1 while the endpoint''s circuit breaker is open or half-open.\n# TYPE courier_outbox_breaker_open gauge\n'
-        || E'# HELP courier_outbox_broken 1 while the outbox is broken (its events wait) or degraded (its maintenance fails); see courier.outbox_stats.status_reason.\n# TYPE courier_outbox_broken gauge\n';
-    FOR r IN SELECT * FROM courier.outbox_stats LOOP
-        lbl := format('{database="%s",outbox="%s"}',
-                      replace(replace(replace(current_database(), '\', '\\'), '"', '\"'), E'\n', '\n'),
-                      replace(replace(replace(r.outbox::text, '\', '\\'), '"', '\"'), E'\n', '\n'));
-        out := out
-            || 'courier_outbox_pending' || lbl || ' ' || COALESCE(r.pending, 0) || E'\n'
-            || 'courier_outbox_oldest_pending_seconds' || lbl || ' '
-                || COALESCE(round(extract(epoch FROM r.oldest_pending_age)::numeric, 3), 0) || E'\n'
-            || 'courier_outbox_delivered_total' || lbl || ' ' || r.delivered || E'\n'
-            || 'courier_outbox_failed_attempts_total' || lbl || ' ' || r.failed_attempts || E'\n'
-            || 'courier_outbox_dead_lettered_total' || lbl || ' ' || r.dead_lettered || E'\n'
-            || 'courier_outbox_requests_total' || lbl || ' ' || r.requests || E'\n'
-            || 'courier_outbox_breaker_open' || lbl || ' ' || (r.breaker_state IN ('open', 'half-open'))::int || E'\n'
-            || 'courier_outbox_broken' || lbl || ' ' || COALESCE(r.status IN ('broken', 'degraded'), false)::int || E'\n';
-    END LOOP;
-    out := out || E'# HELP courier_worker_up 1 while the database''s delivery worker runs.\n# TYPE courier_worker_up gauge\n'
-        || format(E'courier_worker_up{database="%s"} %s\n',
-                  replace(replace(current_database(), '\', '\\'), '"', '\"'),
-                  (EXISTS (SELECT 1 FROM courier.worker_status() w WHERE w.database = current_database()))::int);
-    RETURN out;
-END
-$$;
 
 ------------------------------------------------------------------------------------------------------
 -- Endpoints (SSRF policy) and shared-memory slots
@@ -630,8 +562,9 @@ CREATE TRIGGER outboxes_quota BEFORE INSERT ON courier.outboxes
     FOR EACH ROW EXECUTE FUNCTION courier._outboxes_quota();
 
 -- outbox_stats: an outbox that got no counter slot shows NULL counters and says why in "counters",
--- instead of zeros.  (An outbox the worker has not seen yet still shows zeros.)
-CREATE OR REPLACE VIEW courier.outbox_stats WITH (security_invoker = true) AS
+-- instead of zeros (an outbox the worker has not seen yet still shows zeros); status is NULL until
+-- the worker has looked at the outbox (or when no worker runs).
+CREATE VIEW courier.outbox_stats WITH (security_invoker = true) AS
 SELECT o.outbox,
        courier._redact_url(o.endpoint)   AS endpoint,
        o.format,
@@ -655,13 +588,18 @@ SELECT o.outbox,
        CASE WHEN x.unavailable
             THEN 'unavailable: this database''s share of shared counter slots (courier.max_outboxes_per_database) '
                  || 'or the cluster''s 1024 slots are in use; the outbox is still delivered'
-            ELSE 'available' END        AS counters
+            ELSE 'available' END        AS counters,
+       c.status,
+       c.status_reason,
+       c.status_since
   FROM courier.outboxes o               -- row-level security: the caller's outboxes only
   LEFT JOIN courier._worker_counters() c ON c.outbox = o.outbox::oid
   CROSS JOIN LATERAL (SELECT c.outbox IS NULL AND courier._counter_slots_exhausted() AS unavailable) x
   CROSS JOIN LATERAL courier._outbox_pending(o.outbox) p;
+GRANT SELECT ON courier.outbox_stats TO PUBLIC;
 
--- metrics(): counters that are unavailable are left out (a Prometheus series is absent, not 0).
+-- metrics(): counters that are unavailable are left out (a Prometheus series is absent, not 0);
+-- courier_outbox_broken says which outboxes are broken or degraded.
 CREATE OR REPLACE FUNCTION courier.metrics() RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -676,7 +614,8 @@ BEGIN
         || E'# HELP courier_outbox_failed_attempts_total Failed delivery attempts since the server started.\n# TYPE courier_outbox_failed_attempts_total counter\n'
         || E'# HELP courier_outbox_dead_lettered_total Events moved to courier.dead_letters since the server started.\n# TYPE courier_outbox_dead_lettered_total counter\n'
         || E'# HELP courier_outbox_requests_total HTTP requests since the server started.\n# TYPE courier_outbox_requests_total counter\n'
-        || E'# HELP courier_outbox_breaker_open 1 while the endpoint''s circuit breaker is open or half-open.\n# TYPE courier_outbox_breaker_open gauge\n';
+        || E'# HELP courier_outbox_breaker_open 1 while the endpoint''s circuit breaker is open or half-open.\n# TYPE courier_outbox_breaker_open gauge\n'
+        || E'# HELP courier_outbox_broken 1 while the outbox is broken (its events wait) or degraded (its maintenance fails); see courier.outbox_stats.status_reason.\n# TYPE courier_outbox_broken gauge\n';
     FOR r IN SELECT * FROM courier.outbox_stats LOOP
         lbl := format('{database="%s",outbox="%s"}',
                       replace(replace(replace(current_database(), '\', '\\'), '"', '\"'), E'\n', '\n'),
@@ -693,7 +632,8 @@ BEGIN
                 || 'courier_outbox_requests_total' || lbl || ' ' || r.requests || E'\n';
         END IF;
         out := out
-            || 'courier_outbox_breaker_open' || lbl || ' ' || (r.breaker_state IN ('open', 'half-open'))::int || E'\n';
+            || 'courier_outbox_breaker_open' || lbl || ' ' || (r.breaker_state IN ('open', 'half-open'))::int || E'\n'
+            || 'courier_outbox_broken' || lbl || ' ' || COALESCE(r.status IN ('broken', 'degraded'), false)::int || E'\n';
     END LOOP;
     out := out || E'# HELP courier_worker_up 1 while the database''s delivery worker runs.\n# TYPE courier_worker_up gauge\n'
         || format(E'courier_worker_up{database="%s"} %s\n',

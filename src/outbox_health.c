@@ -36,6 +36,7 @@
 
 #include "pg_courier.h"
 #include "outbox_worker.h"
+#include "outbox_shape.h"
 
 #define HEALTH_FIRST_BACKOFF_MS		(60 * 1000)
 #define HEALTH_MAX_BACKOFF_MS		(10 * 60 * 1000)
@@ -66,6 +67,7 @@ relation_changed(Datum arg, Oid relid)
 		if (relid == InvalidOid || relid == ob->relid)
 		{
 			ob->plans_stale = true;
+			ob->shape_checked = false;
 			ob->delivery.retry_at = 0;
 			ob->maintenance.retry_at = 0;
 		}
@@ -249,15 +251,21 @@ registration_signature(HeapTuple tup, TupleDesc desc)
 
 /*
  * outbox_shape_problem
- *		MERGE HOOK: return courier_outbox_shape_problem(relid) here (engineer
- *		B's src/outbox_shape.c: NULL, or a sentence saying what is wrong with
- *		the relation's shape).  Until then a broken shape is found from the
- *		errors of the outbox's statements.
+ *		What is wrong with the outbox's table (outbox_shape.c), or NULL.  The
+ *		catalog check runs again only after the table changed (relcache
+ *		invalidation resets shape_checked): the refresh runs often.
  */
 static const char *
-outbox_shape_problem(Oid relid)
+outbox_shape_problem(OutboxState *ob)
 {
-	return NULL;
+	if (!ob->shape_checked)
+	{
+		const char *problem = courier_outbox_shape_problem(ob->relid);
+
+		strlcpy(ob->shape_reason, problem ? problem : "", sizeof(ob->shape_reason));
+		ob->shape_checked = true;
+	}
+	return ob->shape_reason[0] ? ob->shape_reason : NULL;
 }
 
 /*
@@ -270,7 +278,7 @@ outbox_shape_problem(Oid relid)
 void
 courier_health_refreshed(OutboxState *ob, HeapTuple tup, TupleDesc desc)
 {
-	const char *problem = outbox_shape_problem(ob->relid);
+	const char *problem = outbox_shape_problem(ob);
 	bool		had_problem = ob->shape_problem;
 	uint32		signature;
 

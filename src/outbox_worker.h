@@ -134,6 +134,8 @@ typedef struct OutboxState
 	OutboxHealth delivery;		/* reading and sending */
 	OutboxHealth maintenance;	/* the retention purge */
 	bool		shape_problem;	/* the last catalog refresh found the table unfit */
+	bool		shape_checked;	/* shape_reason is current (reset when the table changes) */
+	char		shape_reason[COURIER_ERRLEN];	/* what is wrong with it ("": nothing) */
 	bool		plans_stale;	/* the table changed: prepare the statements again */
 } OutboxState;
 

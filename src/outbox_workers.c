@@ -162,6 +162,9 @@ reset_counters(CourierOutboxCounters *c, Oid dboid, Oid relid)
 	c->rate_window_count = 0;
 	c->delivered_per_second = 0;
 	c->last_error[0] = '\0';
+	c->status = 0;				/* not looked at yet */
+	c->status_since = 0;
+	c->status_reason[0] = '\0';
 	c->dboid = dboid;
 	c->relid = relid;
 	SpinLockRelease(&c->mutex);
