@@ -73,13 +73,6 @@ uuid_text(const pg_uuid_t *u, char *out)
 }
 
 /*
- * The longest key a row may have.  A failed row's key goes into the outbox's
- * index of failed rows (key, id), whose entries cannot exceed about a third
- * of a page: a longer key could be sent but its failure not recorded.
- */
-#define COURIER_MAX_KEY_BYTES	2000
-
-/*
  * text_problem
  *		Why a topic or key cannot be sent, or NULL.
  */

@@ -196,6 +196,22 @@ check_event_size(Relation rel, AttrNumber attnum, HeapTuple newtup, HeapTuple ol
 }
 
 /*
+ * check_key_length
+ *		Keys are at most COURIER_MAX_KEY_BYTES long (the index of failed rows
+ *		must be able to hold them).
+ */
+static void
+check_key_length(int keylen)
+{
+	if (keylen > COURIER_MAX_KEY_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("event key is too long: %d bytes", keylen),
+				 errdetail("Keys of pg_courier events are at most %d bytes.", COURIER_MAX_KEY_BYTES),
+				 errhint("Use a shorter identifier of the entity as the key, e.g. a hash of it.")));
+}
+
+/*
  * courier_outbox_before_insert
  *		BEFORE INSERT FOR EACH ROW on every outbox: checks the payload size,
  *		registers the row's key for ordering and assigns its id.
@@ -239,6 +255,7 @@ courier_outbox_before_insert(PG_FUNCTION_ARGS)
 
 		key = VARDATA_ANY(t);
 		keylen = VARSIZE_ANY_EXHDR(t);
+		check_key_length(keylen);
 	}
 	d = heap_getattr(tuple, e->att_id, RelationGetDescr(rel), &isnull);
 	if (!isnull)

@@ -22,6 +22,15 @@
 #define COURIER_ERRLEN			256
 
 /*
+ * The longest key an event may have.  A failed row's key goes into the
+ * outbox's index of failed rows (key, id), whose entries cannot exceed about
+ * a third of a page: a longer key could be sent but its failure not recorded.
+ * The insert and update triggers refuse longer keys; the worker dead-letters
+ * any that an owner got past them.
+ */
+#define COURIER_MAX_KEY_BYTES	2000
+
+/*
  * A hold: rows of outbox relid (InvalidOid: every outbox) with id >= lowid
  * whose key hashes to one of keys[] (or any key, if all_keys) must not be
  * delivered yet, because a transaction still in progress may own an earlier

@@ -156,6 +156,7 @@ static const char *
 columns_problem(Oid relid, int natts, AttrNumber *id_attnum)
 {
 	bool		found[OUTBOX_NCOLUMNS] = {false};
+	const char *extra_problem = NULL;
 
 	for (AttrNumber attnum = 1; attnum <= natts; attnum++)
 	{
@@ -177,9 +178,10 @@ columns_problem(Oid relid, int natts, AttrNumber *id_attnum)
 				break;
 		if (i == OUTBOX_NCOLUMNS)
 		{
-			if (att->attnotnull && !att->atthasdef)
-				problem = psprintf("its extra column \"%s\" is NOT NULL without a default",
-								   NameStr(att->attname));
+			/* said after a missing column: a renamed one is more likely */
+			if (att->attnotnull && !att->atthasdef && extra_problem == NULL)
+				extra_problem = psprintf("its extra column \"%s\" is NOT NULL without a default",
+										 NameStr(att->attname));
 		}
 		else if (att->atttypid != outbox_columns[i].type)
 			problem = psprintf("column \"%s\" has type %s, not %s", outbox_columns[i].name,
@@ -200,7 +202,7 @@ columns_problem(Oid relid, int natts, AttrNumber *id_attnum)
 		if (!found[i])
 			return psprintf("column \"%s\" (%s) is missing", outbox_columns[i].name,
 							format_type_be(outbox_columns[i].type));
-	return NULL;
+	return extra_problem;
 }
 
 /*
