@@ -162,6 +162,5 @@ extern bool courier_dispatch(OutboxState *ob, const CourierHoldSet *holds);
 extern void courier_dispatch_abort(OutboxState *ob);
 extern void courier_complete(List *finished);
 extern void courier_forget_outbox(OutboxState *ob);
-extern void courier_become_owner(const OutboxState *ob, Oid *saved_user, int *saved_sec);
 
 #endif							/* OUTBOX_WORKER_H */
