@@ -34,6 +34,7 @@
 #include "utils/uuid.h"
 
 #include "pg_courier.h"
+#include "owner_exec.h"
 #include "saga.h"
 
 PG_FUNCTION_INFO_V1(courier_saga_define);
@@ -612,9 +613,10 @@ sweep(TimestampTz now, uint64 *timed_out)
 	{
 		Oid			types[2] = {TIMESTAMPTZOID, INT8OID};
 
-		plan_sweep = SPI_prepare("SELECT saga_id FROM courier.saga_instances"
-								 " WHERE deadline OPERATOR(pg_catalog.<=) $1"
-								 " ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED", 2, types);
+		plan_sweep = SPI_prepare(psprintf("SELECT saga_id FROM %s.saga_instances"
+										  " WHERE deadline OPERATOR(pg_catalog.<=) $1"
+										  " ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED",
+										  courier_schema_name()), 2, types);
 		if (plan_sweep == NULL)
 			elog(ERROR, "pg_courier: could not prepare the saga sweep");
 		SPI_keepplan(plan_sweep);
