@@ -124,8 +124,8 @@ sweep_events(int limit)
 						  psprintf("DELETE FROM %1$s.consumed_events "
 								   " WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
 								   "         SELECT ctid FROM %1$s.consumed_events "
-								   "          WHERE consumed_at OPERATOR(pg_catalog.<) pg_catalog.clock_timestamp() "
-								   "                OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $2) "
+								   "          WHERE consumed_at OPERATOR(pg_catalog.<) (pg_catalog.clock_timestamp() "
+								   "                OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $2)) "
 								   "          ORDER BY consumed_at LIMIT $1 "
 								   "          FOR UPDATE SKIP LOCKED))",
 								   courier_schema_name()),

@@ -381,8 +381,8 @@ purge_delivered(void *arg)
 							 "  SELECT e.id FROM %1$s.delivered_events e"
 							 "  LEFT JOIN %1$s.outboxes o ON o.outbox OPERATOR(pg_catalog.=) e.outbox"
 							 "  WHERE o.outbox IS NULL OR NOT (o.options OPERATOR(pg_catalog.?) 'retention')"
-							 "     OR e.delivered_at OPERATOR(pg_catalog.<) pg_catalog.now()"
-							 "        OPERATOR(pg_catalog.-) (o.options OPERATOR(pg_catalog.->>) 'retention')::pg_catalog.interval"
+							 "     OR e.delivered_at OPERATOR(pg_catalog.<) (pg_catalog.now()"
+							 "        OPERATOR(pg_catalog.-) (o.options OPERATOR(pg_catalog.->>) 'retention')::pg_catalog.interval)"
 							 "  LIMIT 10000))", courier_schema_name()), false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not purge courier.delivered_events");
 	if (SPI_processed == 10000)

@@ -13,7 +13,11 @@
 
 #include "executor/spi.h"
 
-/* The search_path every statement run for pg_courier is analysed under. */
+/*
+ * The search_path every statement run for pg_courier is analysed under.
+ * (Qualified operators, OPERATOR(pg_catalog.x), all share one precedence and
+ * associate left: parenthesize mixed expressions.)
+ */
 #define COURIER_SAFE_SEARCH_PATH	"pg_catalog, pg_temp"
 
 /* ---- owner_exec.c ---- */
