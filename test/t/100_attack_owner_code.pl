@@ -143,6 +143,20 @@ $node->safe_psql('postgres', qq{
 	CREATE TRIGGER poison_stmt AFTER DELETE ON eve.o FOR EACH STATEMENT EXECUTE FUNCTION eve.poison();
 	CREATE TRIGGER poison_set AFTER DELETE ON eve.o FOR EACH ROW EXECUTE FUNCTION eve.poison_set();
 	CREATE INDEX ON eve.o (id) WHERE eve.pred();
+	-- leave state behind, then fail (once): the error path must not keep it either
+	CREATE SEQUENCE eve.once;
+	CREATE FUNCTION eve.fail_once() RETURNS trigger LANGUAGE plpgsql AS \$f\$
+	BEGIN
+		IF EXISTS (SELECT FROM courier.worker_status() w WHERE w.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid())
+		   AND pg_catalog.nextval('eve.once') OPERATOR(pg_catalog.=) 1 THEN
+			PERFORM pg_catalog.set_config('work_mem', '96kB', false);
+			PERFORM pg_catalog.set_config('search_path', 'eve, pg_catalog', false);
+			PERFORM pg_catalog.pg_advisory_lock(4343);
+			RAISE EXCEPTION 'eve fails once, after leaving state behind';
+		END IF;
+		RETURN OLD;
+	END \$f\$;
+	CREATE TRIGGER a_fail_once BEFORE DELETE ON eve.o FOR EACH ROW EXECUTE FUNCTION eve.fail_once();
 	-- failed attempt (503): UPDATE, and an expression index on a column the worker updates
 	SELECT courier.create_outbox('eve.o_retry', '${\ $failing->url('/eve-retry')}', options => '{"retry_base_ms": 100, "retry_max_ms": 200}');
 	CREATE TRIGGER poison BEFORE UPDATE ON eve.o_retry FOR EACH ROW EXECUTE FUNCTION eve.poison();
@@ -202,6 +216,7 @@ is($node->safe_psql('postgres', q{SELECT count(*) > 0 FROM eve.tries WHERE tbl =
 	'the saga command INSERT ran eve\'s trigger');
 is($node->safe_psql('postgres', q{SELECT count(*) > 0 FROM eve.tries WHERE tbl = 'index'}), 't',
 	'the index expressions ran');
+is($node->safe_psql('postgres', q{SELECT last_value >= 1 FROM eve.once}), 't', 'the trigger that fails once ran');
 
 # (no more of eve's code from now on: the retries stop)
 $node->safe_psql('postgres', q{SET ROLE eve; SELECT courier.pause('eve.o_retry')});
