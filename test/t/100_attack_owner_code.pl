@@ -218,6 +218,18 @@ is($node->safe_psql('postgres', q{SELECT count(*) > 0 FROM eve.tries WHERE tbl =
 	'the index expressions ran');
 is($node->safe_psql('postgres', q{SELECT last_value >= 1 FROM eve.once}), 't', 'the trigger that fails once ran');
 
+# SQL-callable functions that act as the extension's owner must not resolve anything through the
+# caller's search_path either (saga_define reads the existing type as the saga tables' owner)
+$node->safe_psql('postgres', q{
+	SET ROLE eve;
+	SET search_path = eve, pg_catalog;
+	SELECT courier.saga_define('eve_flow2', '[{"name": "a"}]', 'eve.o_saga');
+	SELECT courier.saga_define('eve_flow2', '[{"name": "a"}]', 'eve.o_saga');
+	SELECT courier.saga_start('eve_flow2', '{}', '00000000-0000-0000-0000-0000000000e2');
+	SELECT courier.saga_step_started('00000000-0000-0000-0000-0000000000e2', 'a');
+	SELECT courier.saga_step_succeeded('00000000-0000-0000-0000-0000000000e2', 'a');
+});
+
 # (no more of eve's code from now on: the retries stop)
 $node->safe_psql('postgres', q{SET ROLE eve; SELECT courier.pause('eve.o_retry')});
 
