@@ -222,7 +222,7 @@ delivery_round(void)
 		if (outboxes != NIL)
 			forget_all_outboxes();
 		courier_worker_set_state(OidIsValid(schema_refused) ?
-								 "refusing: the extension's schema is not owned by a superuser" :
+								 "refusing: untrusted schema" :
 								 "waiting for CREATE EXTENSION");
 		return false;
 	}

@@ -152,6 +152,7 @@ $node->safe_psql('postgres', qq{
 			PERFORM pg_catalog.set_config('work_mem', '96kB', false);
 			PERFORM pg_catalog.set_config('search_path', 'eve, pg_catalog', false);
 			PERFORM pg_catalog.pg_advisory_lock(4343);
+			EXECUTE 'PREPARE eve_fail AS SELECT 1';
 			RAISE EXCEPTION 'eve fails once, after leaving state behind';
 		END IF;
 		RETURN OLD;
