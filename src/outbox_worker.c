@@ -457,9 +457,8 @@ courier_worker_main(Datum arg)
 	/*
 	 * Nothing a user can create in a schema on the default path may resolve
 	 * our SQL.  Owner code cannot change this: it runs in GUC nest levels
-	 * that are rolled back (owner_exec.c), which also drops the session
-	 * advisory locks and prepared statements it leaves: the worker holds none
-	 * of its own.
+	 * that are rolled back (owner_exec.c), which also releases the session
+	 * advisory locks it leaves: the worker holds none of its own.
 	 */
 	SetConfigOption("search_path", COURIER_SAFE_SEARCH_PATH, PGC_SUSET, PGC_S_OVERRIDE);
 	courier_owner_exec_worker_mode();

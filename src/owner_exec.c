@@ -12,16 +12,17 @@
  * behalf.  Every statement pg_courier runs on such a table therefore runs
  * through courier_run_as_owner():
  *	- as the table's owner, under SECURITY_RESTRICTED_OPERATION (no SET ROLE
- *	  or SESSION AUTHORIZATION, no temporary objects, no LISTEN, no cursors
- *	  WITH HOLD: nothing that outlives the operation by design);
+ *	  or SESSION AUTHORIZATION, no temporary objects, no LISTEN, no PREPARE,
+ *	  no cursors WITH HOLD: PostgreSQL refuses what would outlive the
+ *	  operation by design);
  *	- inside a GUC nest level that is rolled back afterwards, with
  *	  search_path forced to COURIER_SAFE_SEARCH_PATH for the statement's own
  *	  parse and plan: no setting the owner's code makes survives, not even
  *	  set_config(..., false) or ALTER FUNCTION ... SET;
  *	- in the delivery worker, followed by the release of every session-level
- *	  advisory lock and every prepared statement of the backend.  The worker
- *	  itself never holds either (it only ever takes transaction-level locks
- *	  and prepares through SPI), so whatever is there was left by owner code.
+ *	  advisory lock of the backend: restricted operations may still take
+ *	  them.  The worker itself never holds one (it only ever takes
+ *	  transaction-level locks), so whatever is there was left by owner code.
  *	  Ordinary backends keep theirs: they may be the session's own, and what
  *	  owner code left there is held by that session only (doc/security.md).
  *
@@ -30,14 +31,15 @@
  * restores the identity and pops the GUC nest level.  Session-level state
  * is not transactional, so it is released here before the error goes on.
  *
- * One statement per call: a nest level spanning several statements would let
- * the first one's owner code set the search_path the next one is parsed with.
+ * One statement per call (courier_owner_execute_plan): a nest level spanning
+ * several statements would let the first one's owner code set the search_path
+ * the next one is parsed with.  A caller may wrap its own work on the owner's
+ * rows in an outer call as well (the delivery worker's read does).
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include "commands/prepare.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
 #include "utils/guc.h"
@@ -45,8 +47,8 @@
 #include "pg_courier.h"
 #include "owner_exec.h"
 
-/* true in the delivery worker: session-level leftovers are owner code's */
-static bool drop_session_leftovers = false;
+/* true in the delivery worker: session-level advisory locks are owner code's */
+static bool release_advisory_locks = false;
 
 /* Arguments and result of one SPI_execute_plan run by execute_plan_call. */
 typedef struct PlanCall
@@ -62,26 +64,25 @@ typedef struct PlanCall
 /*
  * courier_owner_exec_worker_mode
  *		Called once by the delivery worker: from now on, session-level
- *		advisory locks and prepared statements are dropped after owner code.
+ *		advisory locks are released after owner code.
  */
 void
 courier_owner_exec_worker_mode(void)
 {
-	drop_session_leftovers = true;
+	release_advisory_locks = true;
 }
 
 /*
- * release_session_leftovers
- *		Drop the session-level state owner code may have created, where it
+ * release_session_locks
+ *		Release the session-level advisory locks owner code took, where they
  *		cannot be ours (the worker).
  */
 static void
-release_session_leftovers(void)
+release_session_locks(void)
 {
-	if (!drop_session_leftovers)
+	if (!release_advisory_locks)
 		return;
 	LockReleaseSession(USER_LOCKMETHOD);
-	DropAllPreparedStatements();
 }
 
 /*
@@ -110,13 +111,13 @@ courier_run_as_owner(Oid owner, void (*fn) (void *), void *arg)
 	PG_CATCH();
 	{
 		/* identity and settings: restored by the (sub)transaction abort */
-		release_session_leftovers();
+		release_session_locks();
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
 	AtEOXact_GUC(false, save_nestlevel);
 	SetUserIdAndSecContext(save_user, save_sec);
-	release_session_leftovers();
+	release_session_locks();
 }
 
 static void
