@@ -89,7 +89,7 @@ release_session_locks(void)
  * courier_run_as_owner
  *		Run fn(arg) as role "owner", restricted, inside a GUC nest level with a
  *		safe search_path; afterwards restore the caller's identity and every
- *		setting, and (in the worker) drop session-level leftovers.
+ *		setting, and (in the worker) release the session advisory locks taken.
  */
 void
 courier_run_as_owner(Oid owner, void (*fn) (void *), void *arg)
