@@ -60,6 +60,15 @@ $courier_schema_check$;
 -- Identity: owner code runs as its owner, restricted; readers never run another role's code
 ------------------------------------------------------------------------------------------------------
 
+-- The pending count of outbox_stats and metrics() no longer runs count(*) in the reader's identity
+-- (a registered view, or another role's row-level security policies, would run that role's code as
+-- the reader, superusers included).  Same signature; see src/outbox_pending.c for what is counted
+-- how: a plain, registered table the reader may SELECT, by a heap scan when no policy applies to the
+-- reader, through the policies only for the table's owner; NULLs otherwise.
+CREATE OR REPLACE FUNCTION courier._outbox_pending(outbox regclass, OUT pending bigint,
+                                                   OUT oldest_created_at timestamptz)
+LANGUAGE C STABLE STRICT AS 'MODULE_PATHNAME', 'courier_outbox_pending';
+
 ------------------------------------------------------------------------------------------------------
 -- Registration: only real outbox tables; bounded options; DROP TABLE unregisters
 ------------------------------------------------------------------------------------------------------
@@ -429,20 +438,6 @@ BEGIN
         EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', outbox);
     END LOOP;
     RETURN courier._outbox_attach(outbox, endpoint, format, options);
-END
-$$;
-
--- Readers of courier.outbox_stats count rows of the outbox as themselves: only after the table is
--- locked (no concurrent conversion into a view) and found to be a real outbox; otherwise NULLs.
-CREATE OR REPLACE FUNCTION courier._outbox_pending(outbox regclass, OUT pending bigint, OUT oldest_created_at timestamptz)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF courier._outbox_shape_problem(outbox, false) IS NULL AND has_table_privilege(outbox, 'SELECT') THEN
-        EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', outbox);
-        IF courier._outbox_shape_problem(outbox, false) IS NULL THEN
-            EXECUTE format('SELECT count(*), min(created_at) FROM %s', outbox) INTO pending, oldest_created_at;
-        END IF;
-    END IF;
 END
 $$;
 

@@ -24,6 +24,7 @@
 #include "utils/timestamp.h"
 
 #include "pg_courier.h"
+#include "owner_exec.h"
 #include "idempotency.h"
 
 PG_FUNCTION_INFO_V1(courier_idempotency_sweep);
@@ -83,14 +84,17 @@ sweep_keys(int limit)
 	SPIPlanPtr	plan;
 	int			rc;
 
-	plan = courier_idem_plan(&plan_sweep_keys,
-							 "DELETE FROM courier.idempotency_keys "
-							 " WHERE ctid = ANY (ARRAY(SELECT ctid FROM courier.idempotency_keys "
-							 "                          WHERE expires_at <= pg_catalog.clock_timestamp() "
-							 "                          ORDER BY expires_at LIMIT $1 "
-							 "                          FOR UPDATE SKIP LOCKED)) "
-							 "   AND expires_at <= pg_catalog.clock_timestamp()",
-							 1, types);
+	plan = plan_sweep_keys ? plan_sweep_keys :
+		courier_idem_plan(&plan_sweep_keys,
+						  psprintf("DELETE FROM %1$s.idempotency_keys "
+								   " WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+								   "         SELECT ctid FROM %1$s.idempotency_keys "
+								   "          WHERE expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp() "
+								   "          ORDER BY expires_at LIMIT $1 "
+								   "          FOR UPDATE SKIP LOCKED)) "
+								   "   AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()",
+								   courier_schema_name()),
+						  1, types);
 	rc = SPI_execute_plan(plan, args, NULL, false, 0);
 	if (rc != SPI_OK_DELETE)
 		elog(ERROR, "pg_courier: could not sweep courier.idempotency_keys: %s",
@@ -115,14 +119,17 @@ sweep_events(int limit)
 		return 0;
 	args[0] = Int32GetDatum(limit);
 	args[1] = Int32GetDatum(courier_dedupe_retention_s);
-	plan = courier_idem_plan(&plan_sweep_events,
-							 "DELETE FROM courier.consumed_events "
-							 " WHERE ctid = ANY (ARRAY(SELECT ctid FROM courier.consumed_events "
-							 "                          WHERE consumed_at < pg_catalog.clock_timestamp() "
-							 "                                - pg_catalog.make_interval(secs => $2) "
-							 "                          ORDER BY consumed_at LIMIT $1 "
-							 "                          FOR UPDATE SKIP LOCKED))",
-							 2, types);
+	plan = plan_sweep_events ? plan_sweep_events :
+		courier_idem_plan(&plan_sweep_events,
+						  psprintf("DELETE FROM %1$s.consumed_events "
+								   " WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+								   "         SELECT ctid FROM %1$s.consumed_events "
+								   "          WHERE consumed_at OPERATOR(pg_catalog.<) (pg_catalog.clock_timestamp() "
+								   "                OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $2)) "
+								   "          ORDER BY consumed_at LIMIT $1 "
+								   "          FOR UPDATE SKIP LOCKED))",
+								   courier_schema_name()),
+						  2, types);
 	rc = SPI_execute_plan(plan, args, NULL, false, 0);
 	if (rc != SPI_OK_DELETE)
 		elog(ERROR, "pg_courier: could not sweep courier.consumed_events: %s",

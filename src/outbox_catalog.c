@@ -2,8 +2,10 @@
  *
  * outbox_catalog.c
  *	  The worker's view of courier.outboxes: one OutboxState per registered
- *	  outbox, refreshed from the catalog, and the identity its statements
- *	  run under.
+ *	  outbox, refreshed from the catalog.  The query is the worker's own (as
+ *	  superuser): every name and operator in it is qualified, and the
+ *	  extension's schema is the one pg_extension records.  (Statements on
+ *	  the outboxes themselves run as their owners: see owner_exec.c.)
  *
  *-------------------------------------------------------------------------
  */
@@ -17,24 +19,9 @@
 
 #include "pg_courier.h"
 #include "outbox_worker.h"
+#include "owner_exec.h"
 
 extern MemoryContext courier_worker_context;
-
-/*
- * courier_become_owner
- *		Act as the outbox table's owner, restricted: whatever the owner
- *		attached to the table (triggers, rules, constraints, index
- *		expressions) must never run with the worker's superuser rights.  The
- *		caller restores saved_user/saved_sec; an error rolls back the
- *		(sub)transaction, which restores them too.
- */
-void
-courier_become_owner(const OutboxState *ob, Oid *saved_user, int *saved_sec)
-{
-	GetUserIdAndSecContext(saved_user, saved_sec);
-	SetUserIdAndSecContext(ob->owner,
-						   *saved_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-}
 
 /*
  * courier_forget_outbox
@@ -110,6 +97,49 @@ set_static_headers(OutboxState *ob, char *lines)
 }
 
 /*
+ * refresh_query
+ *		The worker's read of courier.outboxes.  It runs as superuser with the
+ *		worker's search_path, over values any outbox owner chose: every
+ *		function, operator and type is spelled with its schema, and the
+ *		catalog is the one in the extension's own schema.
+ */
+static char *
+refresh_query(void)
+{
+#define OPT(k)		"(o.options OPERATOR(pg_catalog.->>) '" k "')"
+#define CONCAT		" OPERATOR(pg_catalog.||) "
+	return psprintf("SELECT o.outbox::pg_catalog.oid,"
+					"  pg_catalog.format('%%I.%%I', n.nspname, c.relname),"
+					"  o.endpoint, o.format,"
+					"  COALESCE(o.default_topic, c.relname::pg_catalog.text), o.enabled,"
+					"  COALESCE(" OPT("batch") "::pg_catalog.bool, false),"
+					"  COALESCE(" OPT("batch_size") "::pg_catalog.int4, 0),"
+					"  COALESCE(" OPT("max_inflight") "::pg_catalog.int4, 0),"
+					"  COALESCE(" OPT("timeout_ms") "::pg_catalog.int4, 0),"
+					"  COALESCE(" OPT("source") ", '/pg_courier/'" CONCAT "pg_catalog.current_database()::pg_catalog.text"
+					CONCAT "'/'" CONCAT "n.nspname::pg_catalog.text" CONCAT "'.'" CONCAT "c.relname::pg_catalog.text),"
+					"  COALESCE(" OPT("envelope") ", 'cloudevents'),"
+					"  COALESCE(" OPT("retry_base_ms") "::pg_catalog.int4, 0),"
+					"  COALESCE(" OPT("retry_max_ms") "::pg_catalog.int4, 0),"
+					"  COALESCE(" OPT("max_attempts") "::pg_catalog.int4, -1),"
+					"  COALESCE(" OPT("on_dead_letter") ", 'skip') OPERATOR(pg_catalog.=) 'block',"
+					"  COALESCE(" OPT("tls_verify") "::pg_catalog.bool, true),"
+					"  (SELECT pg_catalog.string_agg(h.key" CONCAT "': '" CONCAT "h.value, E'\\n')"
+					"     FROM pg_catalog.jsonb_each_text(o.options OPERATOR(pg_catalog.->) 'headers') h"
+					"    WHERE h.key OPERATOR(pg_catalog.~) '^[!#$%%&''*+.^_`|~0-9A-Za-z-]+$'"
+					"      AND h.value OPERATOR(pg_catalog.!~) '[\\r\\n]'"
+					"      AND pg_catalog.lower(h.key) OPERATOR(pg_catalog.<>) ALL (ARRAY['content-type', 'content-length',"
+					"          'host', 'idempotency-key', 'transfer-encoding', 'connection', 'expect']::pg_catalog.text[])),"
+					"  c.relowner, o.options OPERATOR(pg_catalog.?) 'retention' "
+					"FROM %s.outboxes o"
+					"  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) o.outbox::pg_catalog.oid"
+					"  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace",
+					courier_schema_name());
+#undef OPT
+#undef CONCAT
+}
+
+/*
  * courier_refresh_outboxes
  *		Re-read courier.outboxes into the worker's list: new outboxes get a
  *		state, changed settings apply, dropped ones are forgotten once their
@@ -124,25 +154,7 @@ courier_refresh_outboxes(List **outboxes)
 	foreach(lc, *outboxes)
 		((OutboxState *) lfirst(lc))->seen = false;
 
-	rc = SPI_execute("SELECT o.outbox::oid, format('%I.%I', n.nspname, c.relname), o.endpoint, o.format, "
-					 "  COALESCE(o.default_topic, c.relname), o.enabled, "
-					 "  COALESCE((o.options->>'batch')::boolean, false), "
-					 "  COALESCE((o.options->>'batch_size')::int, 0), "
-					 "  COALESCE((o.options->>'max_inflight')::int, 0), "
-					 "  COALESCE((o.options->>'timeout_ms')::int, 0), "
-					 "  COALESCE(o.options->>'source', '/pg_courier/' || current_database() || '/' || n.nspname || '.' || c.relname), "
-					 "  COALESCE(o.options->>'envelope', 'cloudevents'), "
-					 "  COALESCE((o.options->>'retry_base_ms')::int, 0), COALESCE((o.options->>'retry_max_ms')::int, 0), "
-					 "  COALESCE((o.options->>'max_attempts')::int, -1), "
-					 "  COALESCE(o.options->>'on_dead_letter', 'skip') = 'block', "
-					 "  COALESCE((o.options->>'tls_verify')::boolean, true), "
-					 "  (SELECT string_agg(h.key || ': ' || h.value, E'\\n') FROM jsonb_each_text(o.options->'headers') h "
-					 "    WHERE h.key ~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' AND h.value !~ '[\\r\\n]' "
-					 "      AND lower(h.key) NOT IN ('content-type', 'content-length', 'host', 'idempotency-key', "
-					 "                               'transfer-encoding', 'connection', 'expect')), "
-					 "  c.relowner, o.options ? 'retention' "
-					 "FROM courier.outboxes o JOIN pg_class c ON c.oid = o.outbox "
-					 "JOIN pg_namespace n ON n.oid = c.relnamespace", true, 0);
+	rc = SPI_execute(refresh_query(), true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "pg_courier: could not read courier.outboxes: %s", SPI_result_code_string(rc));
 

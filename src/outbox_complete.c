@@ -26,6 +26,7 @@
 
 #include "pg_courier.h"
 #include "outbox_worker.h"
+#include "owner_exec.h"
 
 /* Outcome of one request, row by row: delivered, to retry, or dead. */
 typedef struct RowList
@@ -229,6 +230,13 @@ rows_arrays(const RowList *l, Datum *args)
 	args[3] = PointerGetDatum(construct_array(l->retry_after, l->n, INT8OID, 8, true, TYPALIGN_DOUBLE));
 }
 
+/* courier_make_plans, as a courier_run_as_owner callback */
+static void
+make_plans_call(void *arg)
+{
+	courier_make_plans((OutboxState *) arg);
+}
+
 /* Arguments of record_outcome, through courier_run_contained. */
 typedef struct RecordCall
 {
@@ -240,15 +248,15 @@ typedef struct RecordCall
  * record_outcome
  *		Apply an outbox's outcomes: delete acknowledged rows, schedule
  *		retries, move dead rows.  Run contained, so that a problem with one
- *		outbox (dropped meanwhile, ...) does not undo the others.
+ *		outbox (dropped meanwhile, ...) does not undo the others.  Each
+ *		statement runs as the outbox's owner, restricted, in a GUC nest level
+ *		of its own (owner_exec.c): the owner's triggers fire there.
  */
 static void
 record_outcome(void *arg)
 {
 	OutboxState *ob = ((RecordCall *) arg)->ob;
 	Outcome    *o = ((RecordCall *) arg)->o;
-	Oid			user;
-	int			sec;
 
 	/* the owner holds a lock on the table: do not wait for it (the rows are sent again) */
 	if (!ConditionalLockRelationOid(ob->relid, RowExclusiveLock))
@@ -257,14 +265,13 @@ record_outcome(void *arg)
 				 errmsg("outbox %s is locked by another transaction", ob->qname)));
 	/* (statements dropped after an error or a rename while requests were out) */
 	if (ob->delete_plan == NULL)
-		courier_make_plans(ob);
-	courier_become_owner(ob, &user, &sec);
+		courier_run_as_owner(ob->owner, make_plans_call, ob);
 
 	if (o->nok > 0)
 	{
 		Datum		ids = PointerGetDatum(construct_array(o->ok_ids, o->nok, INT8OID, 8, true, TYPALIGN_DOUBLE));
 
-		int			rc = SPI_execute_plan(ob->delete_plan, &ids, NULL, false, 0);
+		int			rc = courier_owner_execute_plan(ob->owner, ob->delete_plan, &ids, NULL, false, 0);
 
 		if (rc != SPI_OK_DELETE && rc != SPI_OK_INSERT)
 			elog(ERROR, "could not delete delivered rows: %s", SPI_result_code_string(SPI_result));
@@ -277,7 +284,8 @@ record_outcome(void *arg)
 		rows_arrays(&o->retry, args);
 		args[4] = Float8GetDatum(ob->retry_base_ms > 0 ? ob->retry_base_ms : courier_retry_base_ms);
 		args[5] = Float8GetDatum(ob->retry_max_ms > 0 ? ob->retry_max_ms : courier_retry_max_ms);
-		if (SPI_execute_plan(ob->fail_plan, args, NULL, false, 0) == SPI_OK_SELECT && SPI_processed == 1)
+		if (courier_owner_execute_plan(ob->owner, ob->fail_plan, args, NULL, false, 0) == SPI_OK_SELECT &&
+			SPI_processed == 1)
 		{
 			Datum		next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 
@@ -292,10 +300,9 @@ record_outcome(void *arg)
 		rows_arrays(&o->dead, args);
 		args[3] = ObjectIdGetDatum(ob->relid);
 		args[4] = BoolGetDatum(ob->block_on_dead);
-		if (SPI_execute_plan(ob->dead_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		if (courier_owner_execute_plan(ob->owner, ob->dead_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not move rows to courier.dead_letters: %s", SPI_result_code_string(SPI_result));
 	}
-	SetUserIdAndSecContext(user, sec);
 }
 
 /*

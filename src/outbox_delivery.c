@@ -33,6 +33,7 @@
 
 #include "pg_courier.h"
 #include "outbox_worker.h"
+#include "owner_exec.h"
 
 extern MemoryContext courier_worker_context;
 
@@ -245,7 +246,7 @@ dead_letter_unsendable(OutboxState *ob, List *rows)
 	args[2] = PointerGetDatum(construct_array(err, n, TEXTOID, -1, false, TYPALIGN_INT));
 	args[3] = ObjectIdGetDatum(ob->relid);
 	args[4] = BoolGetDatum(ob->block_on_dead);
-	if (SPI_execute_plan(ob->dead_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+	if (courier_owner_execute_plan(ob->owner, ob->dead_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "pg_courier: could not move rows of %s to courier.dead_letters", ob->qname);
 	courier_counters_record(ob->counters, 0, 0, n, ((UnsendableRow *) linitial(rows))->why);
 }
@@ -394,7 +395,7 @@ take_rows(DispatchPass *dp, SPIPlanPtr plan, Datum *args, int64 *last)
 
 	SPITupleTable *rows;
 
-	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
+	if (courier_owner_execute_plan(dp->ob->owner, plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "pg_courier: could not read outbox %s", dp->ob->qname);
 	n = SPI_processed;
 	rows = SPI_tuptable;		/* ours, whatever other statements run meanwhile */
@@ -436,7 +437,7 @@ take_parked(DispatchPass *dp, int limit)
 		d[i] = Int64GetDatum(ids[i]);
 	args[0] = PointerGetDatum(construct_array(d, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
 	args[1] = CStringGetTextDatum(ob->default_topic);
-	if (SPI_execute_plan(ob->ids_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+	if (courier_owner_execute_plan(ob->owner, ob->ids_plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "pg_courier: could not read outbox %s", ob->qname);
 	returned = SPI_processed;
 	rows = SPI_tuptable;
@@ -480,7 +481,8 @@ next_retry_at(OutboxState *ob)
 	bool		isnull;
 	Datum		t;
 
-	if (SPI_execute_plan(ob->next_retry_plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+	if (courier_owner_execute_plan(ob->owner, ob->next_retry_plan, NULL, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
 		return 0;
 	t = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	return isnull ? 0 : DatumGetTimestampTz(t);

@@ -16,8 +16,8 @@
  * mixed expressions are parenthesised), every cast names a pg_catalog type,
  * and constructs that look an operator up by name (IN, NOT IN, NULLIF,
  * IS DISTINCT FROM) are not used; ORDER BY uses the type's default btree
- * ordering, found through the type, not the path.  Extension tables are named through
- * courier_extension_table() only.
+ * ordering, found through the type, not the path.  Extension tables are
+ * named through courier_qualified() (the schema found from the extension).
  *
  * Rows are untrusted too: the owner may have dropped any NOT NULL, CHECK or
  * default, so every value read may be NULL, infinite or out of range.  The
@@ -40,6 +40,7 @@
 
 #include "pg_courier.h"
 #include "outbox_worker.h"
+#include "owner_exec.h"
 
 /* Delivered events purged per statement (the next purge comes soon when it was full). */
 #define PURGE_BATCH 10000
@@ -47,18 +48,6 @@
 /* attempts of a row, as a count that adding one to cannot overflow */
 #define SAFE_ATTEMPTS(col) \
 	"LEAST(GREATEST(COALESCE(" col ", 0), 0), 2147483646)"
-
-/*
- * courier_extension_table
- *		The quoted, schema-qualified name of one of the extension's tables
- *		(dead_letters, delivered_events, outboxes).  The one place that
- *		decides which schema that is.
- */
-const char *
-courier_extension_table(const char *name)
-{
-	return quote_qualified_identifier(COURIER_SCHEMA, name);
-}
 
 /*
  * append_select
@@ -92,7 +81,7 @@ append_select(StringInfo sql, const OutboxState *ob, const char *topic_param)
 						 " OR EXISTS (SELECT 1 FROM %s d "
 						 "       WHERE d.blocking AND d.outbox OPERATOR(pg_catalog.=) %u::pg_catalog.oid "
 						 "         AND d.key OPERATOR(pg_catalog.=) o.key)",
-						 courier_extension_table("dead_letters"), ob->relid);
+						 courier_qualified("dead_letters"), ob->relid);
 	appendStringInfo(sql,
 					 "), o.headers IS NULL OR pg_catalog.jsonb_typeof(o.headers) OPERATOR(pg_catalog.=) ANY "
 					 "     ('{object,\"null\"}'::pg_catalog.text[]) "
@@ -164,7 +153,7 @@ append_dead_letter_insert(StringInfo sql, const char *outbox_param)
 					 "  COALESCE(m.first_failed_at, pg_catalog.clock_timestamp()), pg_catalog.clock_timestamp(), "
 					 "  CASE WHEN m.d_status OPERATOR(pg_catalog.=) 0 THEN NULL ELSE m.d_status END, m.d_err, "
 					 "  m.d_blocking AND m.key IS NOT NULL FROM moved m",
-					 courier_extension_table("dead_letters"), outbox_param, outbox_param);
+					 courier_qualified("dead_letters"), outbox_param, outbox_param);
 }
 
 /*
@@ -192,7 +181,7 @@ make_writes(OutboxState *ob, StringInfo sql)
 						 "  headers, created_at, attempts) "
 						 "SELECT %u::pg_catalog.oid::pg_catalog.regclass, d.id, d.event_id, d.topic, d.key, d.payload, "
 						 "  d.headers, d.created_at, " SAFE_ATTEMPTS("d.attempts") " OPERATOR(pg_catalog.+) 1 FROM d",
-						 ob->qname, courier_extension_table("delivered_events"), ob->relid);
+						 ob->qname, courier_qualified("delivered_events"), ob->relid);
 	else
 		appendStringInfo(sql, "DELETE FROM %s o WHERE o.id OPERATOR(pg_catalog.=) ANY ($1)", ob->qname);
 	ob->delete_plan = SPI_prepare(sql->data, 1, delete_types);
@@ -380,9 +369,9 @@ courier_purge_orphaned_delivered(void)
 							   "    SELECT 1 FROM %s o WHERE o.outbox OPERATOR(pg_catalog.=) e.outbox "
 							   "       AND o.options OPERATOR(pg_catalog.?) 'retention') "
 							   "  LIMIT %d)",
-							   courier_extension_table("delivered_events"),
-							   courier_extension_table("delivered_events"),
-							   courier_extension_table("outboxes"), PURGE_BATCH);
+							   courier_qualified("delivered_events"),
+							   courier_qualified("delivered_events"),
+							   courier_qualified("outboxes"), PURGE_BATCH);
 
 	if (SPI_execute(sql, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "pg_courier: could not purge delivered events of dropped outboxes");
@@ -407,9 +396,9 @@ courier_purge_delivered_of(const OutboxState *ob)
 							   "       (SELECT (o.options OPERATOR(pg_catalog.->>) 'retention')::pg_catalog.interval "
 							   "          FROM %s o WHERE o.outbox OPERATOR(pg_catalog.=) $1)) "
 							   "  LIMIT %d)",
-							   courier_extension_table("delivered_events"),
-							   courier_extension_table("delivered_events"),
-							   courier_extension_table("outboxes"), PURGE_BATCH);
+							   courier_qualified("delivered_events"),
+							   courier_qualified("delivered_events"),
+							   courier_qualified("outboxes"), PURGE_BATCH);
 
 	if (SPI_execute_with_args(sql, 1, types, args, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "pg_courier: could not purge delivered events of outbox %s", ob->qname);

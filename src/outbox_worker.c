@@ -21,6 +21,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -37,6 +38,7 @@
 
 #include "pg_courier.h"
 #include "outbox_worker.h"
+#include "owner_exec.h"
 
 PGDLLEXPORT void courier_worker_main(Datum arg);
 
@@ -47,6 +49,7 @@ static TimestampTz last_round = 0;
 static TimestampTz last_refresh = 0;
 static TimestampTz last_maintenance = 0;
 static bool more_waiting = false;	/* the last round left rows behind */
+static Oid	schema_refused = InvalidOid;	/* extension schema we said we do not serve */
 
 #define REFRESH_INTERVAL_MS		200
 #define MIN_ROUND_INTERVAL_MS	1
@@ -70,15 +73,25 @@ typedef struct DispatchCall
 } DispatchCall;
 
 static void
+dispatch_as_owner(void *arg)
+{
+	DispatchCall *c = arg;
+
+	c->more = courier_dispatch(c->ob, c->holds);
+}
+
+/*
+ * dispatch_call
+ *		The whole read runs as the outbox's owner, restricted (its statements
+ *		each in a nest level of their own, see owner_exec.c): nothing the
+ *		owner attached to the table runs with our rights or leaves settings.
+ */
+static void
 dispatch_call(void *arg)
 {
 	DispatchCall *c = arg;
-	Oid			user;
-	int			sec;
 
-	courier_become_owner(c->ob, &user, &sec);
-	c->more = courier_dispatch(c->ob, c->holds);
-	SetUserIdAndSecContext(user, sec);
+	courier_run_as_owner(c->ob->owner, dispatch_as_owner, c);
 }
 
 /*
@@ -138,6 +151,41 @@ forget_all_outboxes(void)
 }
 
 /*
+ * extension_usable
+ *		Is pg_courier installed here, in a schema we may trust?  A schema (or
+ *		extension) owned by a non-superuser could have its objects replaced
+ *		by that role, and the worker runs our SQL there as superuser: the
+ *		database is then not served.  Said once in the log (and once when it
+ *		is fixed), not at every refresh.  Called in a transaction.
+ */
+static bool
+extension_usable(void)
+{
+	Oid			nsp;
+
+	if (!OidIsValid(get_extension_oid(COURIER_EXTENSION, true)))
+		return false;
+	nsp = courier_schema_oid();
+	if (courier_schema_trusted())
+	{
+		if (OidIsValid(schema_refused))
+			ereport(LOG,
+					(errmsg("pg_courier: the schema of extension \"%s\" is owned by a superuser again: serving database \"%s\"",
+							COURIER_EXTENSION, get_database_name(MyDatabaseId))));
+		schema_refused = InvalidOid;
+		return true;
+	}
+	if (schema_refused != nsp)
+		ereport(WARNING,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("pg_courier: not serving database \"%s\": schema %s of extension \"%s\" or the extension itself is not owned by a superuser",
+						get_database_name(MyDatabaseId), courier_schema_name(), COURIER_EXTENSION),
+				 errhint("Its owner could replace what the delivery worker runs.  Make a superuser own it (ALTER SCHEMA ... OWNER TO), or drop and create the extension as a superuser.")));
+	schema_refused = nsp;
+	return false;
+}
+
+/*
  * delivery_round
  *		One read of every outbox, under a snapshot taken atomically with the
  *		producer registry.  Returns true when some outbox has more waiting.
@@ -172,13 +220,15 @@ delivery_round(void)
 	XactIsoLevel = XACT_REPEATABLE_READ;
 	SPI_connect();
 
-	if (!OidIsValid(get_extension_oid(COURIER_EXTENSION, true)))
+	if (!extension_usable())
 	{
 		SPI_finish();
 		CommitTransactionCommand();
 		if (outboxes != NIL)
 			forget_all_outboxes();
-		courier_worker_set_state("waiting for CREATE EXTENSION");
+		courier_worker_set_state(OidIsValid(schema_refused) ?
+								 "refusing: untrusted schema" :
+								 "waiting for CREATE EXTENSION");
 		return false;
 	}
 
@@ -404,7 +454,7 @@ maintenance(TimestampTz now)
 	last_maintenance = now;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	if (OidIsValid(get_extension_oid(COURIER_EXTENSION, true)))
+	if (extension_usable())
 	{
 		PushActiveSnapshot(GetTransactionSnapshot());
 		courier_run_contained(call_void, (void *) courier_idempotency_maintenance, "idempotency key sweep failed");
@@ -453,8 +503,15 @@ courier_worker_main(Datum arg)
 	before_shmem_exit(detach_worker, (Datum) 0);
 
 	apply_ack_mode();
-	/* nothing a user can create in a schema on the default path may resolve our SQL */
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Nothing a user can create in a schema on the default path may resolve
+	 * our SQL.  Owner code cannot change this: it runs in GUC nest levels
+	 * that are rolled back (owner_exec.c), which also releases the session
+	 * advisory locks it leaves: the worker holds none of its own.
+	 */
+	SetConfigOption("search_path", COURIER_SAFE_SEARCH_PATH, PGC_SUSET, PGC_S_OVERRIDE);
+	courier_owner_exec_worker_mode();
 	/* our statements are simple index scans: plan them once, not per execution */
 	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_USERSET, PGC_S_OVERRIDE);
 	courier_worker_context = AllocSetContextCreate(TopMemoryContext, "pg_courier worker",

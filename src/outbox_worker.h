@@ -169,7 +169,6 @@ extern bool courier_parse_kafka_offsets(const char *json, int len, int nrecords,
 										char *errbuf, int errlen);
 
 /* outbox_statements.c */
-extern const char *courier_extension_table(const char *name);
 extern void courier_make_plans(OutboxState *ob);
 extern void courier_free_plans(OutboxState *ob);
 extern void courier_check_row_shape(const OutboxState *ob, TupleDesc desc);
@@ -207,6 +206,5 @@ extern bool courier_dispatch(OutboxState *ob, const CourierHoldSet *holds);
 extern void courier_dispatch_abort(OutboxState *ob);
 extern void courier_complete(List *finished);
 extern void courier_forget_outbox(OutboxState *ob);
-extern void courier_become_owner(const OutboxState *ob, Oid *saved_user, int *saved_sec);
 
 #endif							/* OUTBOX_WORKER_H */

@@ -34,6 +34,7 @@
 #include "utils/uuid.h"
 
 #include "pg_courier.h"
+#include "owner_exec.h"
 #include "saga.h"
 
 PG_FUNCTION_INFO_V1(courier_saga_define);
@@ -64,6 +65,7 @@ typedef struct SagaIdentity
 {
 	Oid			caller;
 	int			sec_context;
+	int			nestlevel;		/* GUC nest level holding the safe search_path */
 } SagaIdentity;
 
 /*
@@ -93,7 +95,12 @@ courier_saga_init(void)
 
 /*
  * become_owner / become_caller
- *		Switch to the saga tables' owner for SPI work, and back.
+ *		Switch to the saga tables' owner for SPI work, and back.  Like a
+ *		SECURITY DEFINER function with SET search_path: our statements run
+ *		with the owner's rights, so nothing on the caller's search_path (an
+ *		operator planted for IS DISTINCT FROM, NULLIF, IN ...) may resolve
+ *		them.  An error pops the nest level and the identity with the
+ *		(sub)transaction.
  */
 static void
 become_owner(SagaIdentity *id)
@@ -102,11 +109,15 @@ become_owner(SagaIdentity *id)
 
 	GetUserIdAndSecContext(&id->caller, &id->sec_context);
 	SetUserIdAndSecContext(owner, id->sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	id->nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", COURIER_SAFE_SEARCH_PATH, PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 }
 
 static void
 become_caller(SagaIdentity *id)
 {
+	AtEOXact_GUC(true, id->nestlevel);
 	SetUserIdAndSecContext(id->caller, id->sec_context);
 }
 
@@ -447,7 +458,8 @@ courier_saga_define(PG_FUNCTION_ARGS)
 	SPI_execute_with_args("SELECT pg_catalog.pg_advisory_xact_lock(1396786497, pg_catalog.hashtext($1))",
 						  1, types, args, NULL, false, 0);
 	if (SPI_execute_with_args("SELECT t.version, t.owner::pg_catalog.oid,"
-							  " t.steps OPERATOR(pg_catalog.=) $2 AND t.outbox::pg_catalog.oid IS NOT DISTINCT FROM $3"
+							  " t.steps OPERATOR(pg_catalog.=) $2 AND COALESCE(t.outbox::pg_catalog.oid OPERATOR(pg_catalog.=) $3,"
+							  "   t.outbox IS NULL AND $3 IS NULL)"
 							  " FROM courier.saga_types t WHERE t.saga_type OPERATOR(pg_catalog.=) $1"
 							  " ORDER BY t.version DESC LIMIT 1", 3, types, args, nulls, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "pg_courier: reading saga type failed");
@@ -612,9 +624,10 @@ sweep(TimestampTz now, uint64 *timed_out)
 	{
 		Oid			types[2] = {TIMESTAMPTZOID, INT8OID};
 
-		plan_sweep = SPI_prepare("SELECT saga_id FROM courier.saga_instances"
-								 " WHERE deadline OPERATOR(pg_catalog.<=) $1"
-								 " ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED", 2, types);
+		plan_sweep = SPI_prepare(psprintf("SELECT saga_id FROM %s.saga_instances"
+										  " WHERE deadline OPERATOR(pg_catalog.<=) $1"
+										  " ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED",
+										  courier_schema_name()), 2, types);
 		if (plan_sweep == NULL)
 			elog(ERROR, "pg_courier: could not prepare the saga sweep");
 		SPI_keepplan(plan_sweep);

@@ -29,6 +29,7 @@
 #include "utils/syscache.h"
 
 #include "pg_courier.h"
+#include "owner_exec.h"
 #include "saga.h"
 
 /* Hash key of the definition cache. */
@@ -91,7 +92,7 @@ resolve_rels(void)
 
 	if (rels_valid)
 		return;
-	nsp = get_namespace_oid(COURIER_SCHEMA, false);
+	nsp = courier_schema_oid();
 	types_relid = get_relname_relid("saga_types", nsp);
 	instances_relid = get_relname_relid("saga_instances", nsp);
 	if (!OidIsValid(types_relid) || !OidIsValid(instances_relid))
@@ -121,12 +122,14 @@ saga_owner_role(void)
 
 /*
  * prepare
- *		Prepare and keep one statement.
+ *		Prepare and keep one statement.  The statement names the extension's
+ *		schema as %1$s: it is the one pg_extension records, not whatever
+ *		schema is called "courier".
  */
 static SPIPlanPtr
 prepare(const char *sql, int nargs, Oid *argtypes)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+	SPIPlanPtr	plan = SPI_prepare(psprintf(sql, courier_schema_name()), nargs, argtypes);
 
 	if (plan == NULL)
 		elog(ERROR, "pg_courier: could not prepare saga statement: %s", SPI_result_code_string(SPI_result));
@@ -195,7 +198,7 @@ def_fill(SagaDef *def, const char *saga_type, int32 version)
 						   " pg_catalog.array_agg(s.e OPERATOR(pg_catalog.->>) 'compensation' ORDER BY s.n),"
 						   " pg_catalog.array_agg((s.e OPERATOR(pg_catalog.->>) 'timeout_ms')::pg_catalog.int8 ORDER BY s.n),"
 						   " pg_catalog.array_agg((s.e OPERATOR(pg_catalog.->>) 'max_retries')::pg_catalog.int8 ORDER BY s.n)"
-						   " FROM courier.saga_types t,"
+						   " FROM %1$s.saga_types t,"
 						   " pg_catalog.jsonb_array_elements(t.steps) WITH ORDINALITY s(e, n)"
 						   " WHERE t.saga_type OPERATOR(pg_catalog.=) $1 AND t.version OPERATOR(pg_catalog.=) $2"
 						   " GROUP BY t.owner, t.outbox", 2, types);
@@ -290,7 +293,7 @@ saga_latest_version(const char *saga_type)
 	{
 		Oid			types[1] = {TEXTOID};
 
-		plan_latest = prepare("SELECT t.version FROM courier.saga_types t"
+		plan_latest = prepare("SELECT t.version FROM %1$s.saga_types t"
 							  " WHERE t.saga_type OPERATOR(pg_catalog.=) $1"
 							  " ORDER BY t.version DESC LIMIT 1", 1, types);
 	}
@@ -325,9 +328,9 @@ saga_load(SagaInstance *inst, pg_uuid_t *id, bool lock, bool fresh)
 
 		*plan = prepare(lock ?
 						"SELECT ctid, saga_type, version, status, step_states, attempts, current_step, deadline"
-						" FROM courier.saga_instances WHERE saga_id OPERATOR(pg_catalog.=) $1 FOR UPDATE" :
+						" FROM %1$s.saga_instances WHERE saga_id OPERATOR(pg_catalog.=) $1 FOR UPDATE" :
 						"SELECT ctid, saga_type, version, status, step_states, attempts, current_step, deadline"
-						" FROM courier.saga_instances WHERE saga_id OPERATOR(pg_catalog.=) $1",
+						" FROM %1$s.saga_instances WHERE saga_id OPERATOR(pg_catalog.=) $1",
 						1, types);
 	}
 	if (SPI_execute_plan(*plan, &arg, NULL, !(lock || fresh), 1) != SPI_OK_SELECT)
@@ -388,7 +391,7 @@ saga_store(SagaInstance *inst, Datum result, Datum abort_reason, bool has_abort_
 		Oid			types[11] = {TIDOID, TEXTOID, TEXTOID, INT4ARRAYOID, INT4OID, TIMESTAMPTZOID,
 		TEXTOID, JSONBOID, TEXTOID, JSONBOID, TEXTOID};
 
-		plan_store = prepare("UPDATE courier.saga_instances SET status = $2, step_states = $3, attempts = $4,"
+		plan_store = prepare("UPDATE %1$s.saga_instances SET status = $2, step_states = $3, attempts = $4,"
 							 " current_step = $5, deadline = $6, updated_at = pg_catalog.now(),"
 							 " results = CASE WHEN $7 IS NULL THEN results"
 							 "   ELSE results OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object($7, $8) END,"
@@ -436,7 +439,7 @@ saga_insert(SagaInstance *inst, Datum data)
 		Oid			types[8] = {UUIDOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, INT4ARRAYOID, JSONBOID, TIMESTAMPTZOID};
 
 		/* (the deadline: with an outbox, writing the first command already started step 1) */
-		plan_insert = prepare("INSERT INTO courier.saga_instances"
+		plan_insert = prepare("INSERT INTO %1$s.saga_instances"
 							  " (saga_id, saga_type, version, status, step_states, attempts, current_step, data, deadline)"
 							  " VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8) ON CONFLICT (saga_id) DO NOTHING",
 							  8, types);
@@ -483,10 +486,10 @@ saga_send_command(SagaInstance *inst)
 							" i.saga_id::pg_catalog.text,"
 							" i.saga_type OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) $3"
 							"   OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) $6"
-							" FROM courier.saga_instances i WHERE i.saga_id OPERATOR(pg_catalog.=) $1",
+							" FROM %1$s.saga_instances i WHERE i.saga_id OPERATOR(pg_catalog.=) $1",
 							6, types);
 		/* the write into the outbox, as the saga type's owner (see below) */
-		plan_send_write = prepare("SELECT courier.send($1::pg_catalog.regclass, $2, $3, $4)", 4,
+		plan_send_write = prepare("SELECT %1$s.send($1::pg_catalog.regclass, $2, $3, $4)", 4,
 							  (Oid[]) {OIDOID, JSONBOID, TEXTOID, TEXTOID});
 	}
 	s = &inst->def->steps[inst->command_step];
@@ -507,8 +510,6 @@ saga_send_command(SagaInstance *inst)
 	{
 		bool		isnull;
 		Datum		ins[4];
-		Oid			saved_user;
-		int			saved_sec;
 
 		ins[0] = ObjectIdGetDatum(inst->def->outbox);
 		ins[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -519,14 +520,12 @@ saga_send_command(SagaInstance *inst)
 		 * The outbox is a table of the saga type's owner: whatever runs when a
 		 * row is inserted there (its triggers, defaults, constraints) must run
 		 * with that role's rights, never ours, and restricted as autovacuum and
-		 * REFRESH MATERIALIZED VIEW restrict code they run on users' behalf.
-		 * An error rolls the transaction back, which restores the user id.
+		 * REFRESH MATERIALIZED VIEW restrict code they run on users' behalf,
+		 * and nothing it sets or locks for the session may outlive the
+		 * statement (the worker runs this after a timeout): owner_exec.c.
 		 */
-		GetUserIdAndSecContext(&saved_user, &saved_sec);
-		SetUserIdAndSecContext(inst->def->owner,
-							   saved_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-		if (SPI_execute_plan(plan_send_write, ins, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
+		if (courier_owner_execute_plan(inst->def->owner, plan_send_write, ins, NULL, false, 0) != SPI_OK_SELECT ||
+			SPI_processed != 1)
 			elog(ERROR, "pg_courier: writing the saga command failed");
-		SetUserIdAndSecContext(saved_user, saved_sec);
 	}
 }
