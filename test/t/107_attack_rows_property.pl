@@ -46,7 +46,9 @@ for my $ob (@attacked)
 	my $o = $outboxes{$ob};
 	my $format = $o->{kafka} ? 'kafka_rest_v2' : 'cloudevents';
 	$node->safe_psql('postgres', qq{SET ROLE eve; SELECT courier.create_outbox('$ob', '$o->{url}', '$format', '$o->{opts}')});
-	# the owner drops every constraint and default it can
+	# the owner drops every constraint and default it can; what stays is what pg_courier requires of
+	# an outbox it serves (doc/outbox.md): a unique index on id, here a nullable one (so ids can be
+	# NULL), and pg_courier's triggers
 	$node->safe_psql('postgres', qq{
 		SET ROLE eve;
 		DO \$\$
@@ -59,6 +61,7 @@ for my $ob (@attacked)
 				EXECUTE format('ALTER TABLE $ob ALTER COLUMN %I DROP NOT NULL, ALTER COLUMN %I DROP DEFAULT', c.attname, c.attname);
 			END LOOP;
 		END \$\$;
+		CREATE UNIQUE INDEX ON $ob (id);
 	});
 	is($node->safe_psql('postgres', qq{
 		SELECT (SELECT count(*) FROM pg_constraint WHERE conrelid = '$ob'::regclass) || '/' ||
