@@ -526,6 +526,66 @@ courier_redact_url(PG_FUNCTION_ARGS)
 }
 
 /*
+ * url_shape_problem
+ *		What is wrong with an endpoint before libcurl parses it, in our own
+ *		words: libcurl's messages for the same malformed URL differ from one
+ *		version to the next ("Bad scheme", "Malformed input to a URL
+ *		function", "No host present"), and users should not see them.
+ */
+static const char *
+url_shape_problem(const char *url)
+{
+	const char *p = url;
+	const char *authority;
+	size_t		len;
+
+	if (!isalpha((unsigned char) *p))
+		return "it is not an absolute URL (it must start with http:// or https://)";
+	while (isalnum((unsigned char) *p) || *p == '+' || *p == '-' || *p == '.')
+		p++;
+	if (strncmp(p, "://", 3) != 0)
+		return "it is not an absolute URL (it must start with http:// or https://)";
+	authority = p + 3;
+	len = strcspn(authority, "/?#");
+	for (size_t i = len; i > 0; i--)
+		if (authority[i - 1] == '@')
+		{
+			len -= i;
+			break;
+		}
+	if (len == 0)
+		return "the URL has no host";
+	return NULL;
+}
+
+/*
+ * curl_url_problem
+ *		A libcurl URL parser failure, said in our words.
+ */
+static const char *
+curl_url_problem(CURLUcode rc)
+{
+	switch (rc)
+	{
+		case CURLUE_BAD_SCHEME:
+		case CURLUE_UNSUPPORTED_SCHEME:
+			return "the scheme must be http or https";
+		case CURLUE_NO_HOST:
+		case CURLUE_BAD_HOSTNAME:
+		case CURLUE_BAD_IPV6:
+			return "the host is missing or not a valid host name or address";
+		case CURLUE_BAD_PORT_NUMBER:
+			return "the port must be a number from 1 to 65535";
+		case CURLUE_BAD_LOGIN:
+		case CURLUE_BAD_USER:
+		case CURLUE_BAD_PASSWORD:
+			return "the user name or password part is not valid";
+		default:
+			return "it is not a well-formed URL";
+	}
+}
+
+/*
  * courier_validate_endpoint
  *		courier._validate_endpoint(endpoint, format): an absolute http(s) URL
  *		with a host, parsed by the libcurl that will later send to it, whose
@@ -544,9 +604,10 @@ courier_validate_endpoint(PG_FUNCTION_ARGS)
 	char	   *host_copy;
 	const char *problem = NULL;
 
-	rc = curl_url_set(u, CURLUPART_URL, url, 0);
-	if (rc != CURLUE_OK)
-		problem = psprintf("it could not be parsed (%s)", curl_url_strerror(rc));
+	problem = url_shape_problem(url);
+	rc = problem ? CURLUE_MALFORMED_INPUT : curl_url_set(u, CURLUPART_URL, url, 0);
+	if (problem == NULL && rc != CURLUE_OK)
+		problem = curl_url_problem(rc);
 	else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
 			 (pg_strcasecmp(scheme, "http") != 0 && pg_strcasecmp(scheme, "https") != 0))
 		problem = "the scheme must be http or https";
