@@ -10,6 +10,13 @@
  * crash can forget the last acknowledgements and those rows are sent again,
  * with the same event id.  Either way a row is never removed without one.
  *
+ * Never twice once acknowledged.  When the acknowledgement cannot be
+ * recorded (the owner holds a lock on the table, a trigger of the owner's
+ * fails the DELETE), the acknowledged ids stay in memory (OutboxState.acked)
+ * and in the in-flight set, so they are not read and sent again; recording
+ * them is tried again every second.  Only a worker restart forgets them (the
+ * rows are then sent again, as after a crash).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -321,7 +328,9 @@ release_delivery(Delivery *d)
 	{
 		uint32		kh = d->keyhashes[i];
 
-		hash_search(ob->inflight_ids, &d->ids[i], HASH_REMOVE, NULL);
+		/* ('a': acknowledged, deletion not recorded: stays in flight, see above) */
+		if (d->result[i] != 'a')
+			hash_search(ob->inflight_ids, &d->ids[i], HASH_REMOVE, NULL);
 		if (!d->haskey[i])
 			continue;
 		if (d->result[i] == 'r')
@@ -334,6 +343,114 @@ release_delivery(Delivery *d)
 	ob->inflight--;
 	courier_http_release(d->req);
 	MemoryContextDelete(d->cxt);
+}
+
+/*
+ * add_acked
+ *		Remember an acknowledged row whose deletion could not be recorded.
+ */
+static void
+add_acked(OutboxState *ob, int64 id)
+{
+	if (ob->nacked == ob->acked_cap)
+	{
+		ob->acked_cap = Max(64, ob->acked_cap * 2);
+		ob->acked = ob->acked == NULL
+			? MemoryContextAlloc(ob->cxt, sizeof(int64) * ob->acked_cap)
+			: repalloc(ob->acked, sizeof(int64) * ob->acked_cap);
+	}
+	ob->acked[ob->nacked++] = id;
+}
+
+/*
+ * take_acked
+ *		Put the remembered acknowledged rows first in o (room for them must
+ *		have been made by outcome_init).
+ */
+static void
+take_acked(OutboxState *ob, Outcome *o)
+{
+	for (int i = 0; i < ob->nacked; i++)
+		o->ok_ids[o->nok++] = Int64GetDatum(ob->acked[i]);
+}
+
+/*
+ * forget_acked
+ *		Their deletion is recorded: they are no longer in flight.
+ */
+static void
+forget_acked(OutboxState *ob)
+{
+	for (int i = 0; i < ob->nacked; i++)
+		hash_search(ob->inflight_ids, &ob->acked[i], HASH_REMOVE, NULL);
+	ob->nacked = 0;
+}
+
+/*
+ * record_contained
+ *		record_outcome for one outbox, contained: on success its remembered
+ *		acknowledgements are forgotten; a failure is reported by the
+ *		outbox's health (once, then retried with a backoff).
+ */
+static bool
+record_contained(OutboxState *ob, Outcome *o)
+{
+	RecordCall	call = {ob, o};
+	ErrorData  *error;
+	int			remembered = ob->nacked;
+
+	ob->acked_tried = GetCurrentTimestamp();
+	if (courier_run_contained_quiet(record_outcome, &call, &error))
+	{
+		forget_acked(ob);
+		courier_health_ok(ob, &ob->delivery, true);
+		return true;
+	}
+	Assert(ob->nacked == remembered);
+	(void) remembered;
+	courier_health_failed(ob, &ob->delivery, error, true);
+	return false;
+}
+
+/*
+ * courier_record_acked
+ *		Try again to record the acknowledgements that could not be recorded
+ *		(the outbox was locked, ...): at most once a second, and as the
+ *		outbox's health allows (a broken outbox waits for its next try).
+ */
+void
+courier_record_acked(List *outboxes)
+{
+	ListCell   *lc;
+	TimestampTz now = GetCurrentTimestamp();
+	bool		started = false;
+
+	foreach(lc, outboxes)
+	{
+		OutboxState *ob = lfirst(lc);
+		Outcome		o;
+
+		if (ob->nacked == 0 || !TimestampDifferenceExceeds(ob->acked_tried, now, 1000) ||
+			courier_health_resting(&ob->delivery, now))
+			continue;
+		if (!started)
+		{
+			SetCurrentStatementStartTimestamp();
+			StartTransactionCommand();
+			SPI_connect();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			started = true;
+		}
+		outcome_init(&o, ob->nacked);
+		take_acked(ob, &o);
+		(void) record_contained(ob, &o);
+	}
+	if (started)
+	{
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
 }
 
 static int
@@ -379,7 +496,8 @@ courier_complete(List *finished)
 
 		while (end < list_length(finished) && ((Delivery *) list_nth(finished, end))->ob == ob)
 			rows += ((Delivery *) list_nth(finished, end++))->nrows;
-		outcome_init(&o, rows);
+		outcome_init(&o, rows + ob->nacked);
+		take_acked(ob, &o);
 		for (; i < end; i++)
 		{
 			Delivery   *d = list_nth(finished, i);
@@ -396,29 +514,27 @@ courier_complete(List *finished)
 									 d->req->status == 429 || d->req->status >= 500),
 								   d->probe);
 		}
+		if (!record_contained(ob, &o))
 		{
-			RecordCall	call = {ob, &o};
-			ErrorData  *error;
-
-			/* a failure here breaks the outbox: reported once, then retried with a backoff */
-			if (courier_run_contained_quiet(record_outcome, &call, &error))
-				courier_health_ok(ob, &ob->delivery, true);
-			else
+			/*
+			 * Nothing was written.  Acknowledged rows are remembered ('a':
+			 * never sent again, their deletion retried); the other outcomes
+			 * are forgotten (keys are neither blocked nor unblocked by them)
+			 * and those rows read again.
+			 */
+			for (int j = first; j < end; j++)
 			{
-				courier_health_failed(ob, &ob->delivery, error, true);
-				/*
-				 * Nothing was written: forget the outcomes (keys are neither
-				 * blocked nor unblocked by them) and read everything again.
-				 */
-				for (int j = first; j < end; j++)
-				{
-					Delivery   *d = list_nth(finished, j);
+				Delivery   *d = list_nth(finished, j);
 
-					memset(d->result, 0, d->maxrows);
+				for (int k = 0; k < d->nrows; k++)
+				{
+					d->result[k] = d->result[k] == 'o' ? 'a' : 0;
+					if (d->result[k] == 'a')
+						add_acked(ob, d->ids[k]);
 				}
-				ob->rescan = true;
-				ob->rescan_at = 0;
 			}
+			ob->rescan = true;
+			ob->rescan_at = 0;
 		}
 	}
 

@@ -586,6 +586,36 @@ curl_url_problem(CURLUcode rc)
 }
 
 /*
+ * parsed_url_problem
+ *		What is wrong with a URL libcurl parsed, or NULL (and its host, in
+ *		*host).
+ */
+static const char *
+parsed_url_problem(CURLU *u, const char *url, char **host)
+{
+	char	   *scheme = NULL;
+	char	   *hostpart = NULL;
+	char	   *fragment = NULL;
+	const char *problem = NULL;
+
+	if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+		(pg_strcasecmp(scheme, "http") != 0 && pg_strcasecmp(scheme, "https") != 0))
+		problem = "the scheme must be http or https";
+	else if (curl_url_get(u, CURLUPART_HOST, &hostpart, 0) != CURLUE_OK || hostpart[0] == '\0')
+		problem = "the URL has no host";
+	else if (curl_url_get(u, CURLUPART_FRAGMENT, &fragment, 0) == CURLUE_OK)
+		problem = "the URL must not have a #fragment";
+	else if (strpbrk(url, " \t\r\n") != NULL)
+		problem = "the URL contains white space";
+	else
+		*host = pstrdup(hostpart);
+	curl_free(scheme);
+	curl_free(hostpart);
+	curl_free(fragment);
+	return problem;
+}
+
+/*
  * courier_validate_endpoint
  *		courier._validate_endpoint(endpoint, format): an absolute http(s) URL
  *		with a host, parsed by the libcurl that will later send to it, whose
@@ -598,30 +628,14 @@ courier_validate_endpoint(PG_FUNCTION_ARGS)
 	char	   *url = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	CURLU	   *u = curl_url();
 	CURLUcode	rc;
-	char	   *scheme = NULL;
-	char	   *host = NULL;
-	char	   *fragment = NULL;
-	char	   *host_copy;
-	const char *problem = NULL;
+	char	   *host_copy = NULL;
+	const char *problem;
 
+	/* (rc decides below whether the URL can be shown, redacted) */
 	problem = url_shape_problem(url);
 	rc = problem ? CURLUE_MALFORMED_INPUT : curl_url_set(u, CURLUPART_URL, url, 0);
-	if (problem == NULL && rc != CURLUE_OK)
-		problem = curl_url_problem(rc);
-	else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-			 (pg_strcasecmp(scheme, "http") != 0 && pg_strcasecmp(scheme, "https") != 0))
-		problem = "the scheme must be http or https";
-	else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0')
-		problem = "the URL has no host";
-	else if (curl_url_get(u, CURLUPART_FRAGMENT, &fragment, 0) == CURLUE_OK)
-		problem = "the URL must not have a #fragment";
-	else if (strpbrk(url, " \t\r\n") != NULL)
-		problem = "the URL contains white space";
-	host_copy = problem == NULL ? pstrdup(host) : NULL;
-
-	curl_free(scheme);
-	curl_free(host);
-	curl_free(fragment);
+	if (problem == NULL)
+		problem = rc != CURLUE_OK ? curl_url_problem(rc) : parsed_url_problem(u, url, &host_copy);
 	curl_url_cleanup(u);
 	/* the endpoint policy, on what can be known without resolving names */
 	if (host_copy != NULL)

@@ -565,6 +565,7 @@ courier_worker_main(Datum arg)
 		}
 
 		finished = collect_finished();
+		courier_record_acked(outboxes);
 		now = GetCurrentTimestamp();
 
 		/*

@@ -102,6 +102,10 @@ typedef struct OutboxState
 	Oid			owner;			/* the table's owner: its statements run as this role */
 
 	int			inflight;		/* requests in flight */
+	int64	   *acked;			/* acknowledged by the endpoint, deletion not yet recorded */
+	int			nacked;
+	int			acked_cap;
+	TimestampTz acked_tried;	/* last try to record them */
 	int64		cursor;			/* rows with id <= cursor were dealt with */
 	bool		rescan;			/* read again from the start soon */
 	TimestampTz rescan_at;
@@ -205,6 +209,7 @@ extern bool courier_dispatch_possible(OutboxState *ob);
 extern bool courier_dispatch(OutboxState *ob, const CourierHoldSet *holds);
 extern void courier_dispatch_abort(OutboxState *ob);
 extern void courier_complete(List *finished);
+extern void courier_record_acked(List *outboxes);
 extern void courier_forget_outbox(OutboxState *ob);
 
 #endif							/* OUTBOX_WORKER_H */
