@@ -18,8 +18,6 @@
 #include "pg_courier.h"
 #include "outbox_worker.h"
 
-extern MemoryContext courier_worker_context;
-
 /*
  * courier_become_owner
  *		Act as the outbox table's owner, restricted: whatever the owner

@@ -33,8 +33,6 @@
 #include "pg_courier.h"
 #include "outbox_worker.h"
 
-extern MemoryContext courier_worker_context;
-
 /* Read an outbox from the start after this long without new rows, and at least this often. */
 #define FULL_SCAN_INTERVAL_MS		5000
 #define FULL_SCAN_MAX_INTERVAL_MS	60000

@@ -130,6 +130,9 @@ typedef struct Delivery
 	bool		probe;			/* the half-open breaker's probe */
 } Delivery;
 
+/* outbox_worker.c: what lives as long as the worker (outbox states, deliveries) */
+extern PGDLLIMPORT MemoryContext courier_worker_context;
+
 /* outbox_format.c */
 extern void courier_format_cloudevent(StringInfo buf, const OutboxState *ob, const OutboxRow *r);
 extern void courier_format_kafka_record(StringInfo buf, const OutboxState *ob, const OutboxRow *r);
