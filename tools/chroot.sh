@@ -129,12 +129,13 @@ chroot_run_tests() {
         (cd "$REPO" && tar --exclude=./.run -cf - .) | tar -C "$dir/src" -xf -
     fi
     chroot_mount "$dir"
-    set +e
+    local rc
+    set +e +o pipefail
     chroot "$dir" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
         PG_MAJOR="$major" ${REGRESS:+REGRESS="$REGRESS"} ${TAP:+TAP="$TAP"} \
         bash /src/tools/test.sh 2>&1 | tee "$log"
-    local rc=${PIPESTATUS[0]}
-    set -e
+    rc=${PIPESTATUS[0]}
+    set -e -o pipefail
     chroot_umount_all
     return "$rc"
 }

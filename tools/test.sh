@@ -77,15 +77,13 @@ for m in $PG_MAJORS; do
     log=$REPO/.run/test-pg$m.log
     if host_has_major "$m"; then
         say "PostgreSQL $m: on the host"
-        set +e
-        (PG_MAJORS= PG_MAJOR=$m PG_CONFIG=/usr/lib/postgresql/$m/bin/pg_config bash "$REPO/tools/test.sh") 2>&1 | tee "$log"
+        set +e +o pipefail
+        PG_MAJORS= PG_MAJOR=$m PG_CONFIG=/usr/lib/postgresql/$m/bin/pg_config bash "$REPO/tools/test.sh" 2>&1 | tee "$log"
         rc=${PIPESTATUS[0]}
-        set -e
+        set -e -o pipefail
     else
-        set +e
-        dir=$(chroot_prepare "$m")
-        prc=$?
-        set -e
+        prc=0
+        dir=$(chroot_prepare "$m") || prc=$?
         if [ "$prc" -eq 2 ]; then
             printf '\n\033[1;31m!!! PostgreSQL %s NOT TESTED: the package registry failed while preparing its Debian chroot (see above) !!!\033[0m\n\n' "$m" >&2
             RESULT[$m]="NOT TESTED (package registry failed)"
@@ -94,10 +92,8 @@ for m in $PG_MAJORS; do
         fi
         [ "$prc" -eq 0 ] || die "PostgreSQL $m: could not prepare the chroot"
         say "PostgreSQL $m: in $dir"
-        set +e
-        chroot_run_tests "$dir" "$m" "$log"
-        rc=$?
-        set -e
+        rc=0
+        chroot_run_tests "$dir" "$m" "$log" || rc=$?
     fi
     line=$(grep -E '^summary: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
     p=$(echo "$line" | sed -nE 's/^summary: ([0-9]+) passed.*/\1/p'); p=${p:-0}
