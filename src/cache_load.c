@@ -264,7 +264,7 @@ loader_query(const char *loader)
 
 	if (strpbrk(loader, " \t\r\n();") != NULL)
 		return pstrdup(loader);
-	fn = LookupFuncName(stringToQualifiedNameList(loader), 1, argtypes, false);
+	fn = LookupFuncName(courier_qualified_name_list(loader), 1, argtypes, false);
 	return psprintf("SELECT %s($1)",
 					quote_qualified_identifier(get_namespace_name(get_func_namespace(fn)),
 											   get_func_name(fn)));

@@ -272,9 +272,9 @@ read_key(KeyState *ks, Datum *args, const char *nulls)
 		elog(ERROR, "pg_courier: table courier.idempotency_keys is missing");
 	memset(ks, 0, sizeof(*ks));
 	rel = table_open(relid, AccessShareLock);
-	if (RelationGetDescr(rel)->natts != KEYS_NATTS || !OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+	if (RelationGetDescr(rel)->natts != KEYS_NATTS || !OidIsValid(courier_primary_key_index(rel)))
 		elog(ERROR, "pg_courier: courier.idempotency_keys does not have the expected shape");
-	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	idx = index_open(courier_primary_key_index(rel), AccessShareLock);
 	ScanKeyEntryInitialize(&skey[0], 0, COL_SCOPE, BTEqualStrategyNumber, InvalidOid,
 						   idx->rd_indcollation[0], F_TEXTEQ, args[0]);
 	ScanKeyEntryInitialize(&skey[1], 0, COL_KEY, BTEqualStrategyNumber, InvalidOid,

@@ -21,8 +21,6 @@
 #include "outbox_worker.h"
 #include "owner_exec.h"
 
-extern MemoryContext courier_worker_context;
-
 /*
  * courier_forget_outbox
  *		Free a state whose outbox is gone (no request may be in flight), and

@@ -35,8 +35,6 @@
 #include "outbox_worker.h"
 #include "owner_exec.h"
 
-extern MemoryContext courier_worker_context;
-
 /* Read an outbox from the start after this long without new rows, and at least this often. */
 #define FULL_SCAN_INTERVAL_MS		5000
 #define FULL_SCAN_MAX_INTERVAL_MS	60000

@@ -164,6 +164,9 @@ typedef struct Delivery
 	bool		probe;			/* the half-open breaker's probe */
 } Delivery;
 
+/* outbox_worker.c: what lives as long as the worker (outbox states, deliveries) */
+extern PGDLLIMPORT MemoryContext courier_worker_context;
+
 /* outbox_format.c */
 extern void courier_decode_row(HeapTuple tup, TupleDesc desc, const OutboxState *ob, OutboxRow *r);
 extern void courier_format_cloudevent(StringInfo buf, const OutboxState *ob, const OutboxRow *r);

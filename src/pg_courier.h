@@ -15,17 +15,13 @@
 
 #include "postgres.h"
 
+#include "compat.h"
+
 #include "storage/lwlock.h"
 
 #define COURIER_EXTENSION	"pg_courier"
 #define COURIER_SCHEMA		"courier"
 
-/* The PGPROC slot number of this backend: renamed in PostgreSQL 17. */
-#if PG_VERSION_NUM >= 170000
-#define COURIER_MY_PROCNO	MyProcNumber
-#else
-#define COURIER_MY_PROCNO	(MyProc->pgprocno)
-#endif
 
 /* ---- GUCs (pg_courier.c) ---- */
 extern char *courier_databases;

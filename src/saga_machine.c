@@ -23,6 +23,7 @@
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 
+#include "compat.h"
 #include "saga.h"
 
 static void dispatch(SagaInstance *inst, TimestampTz now);
@@ -156,8 +157,7 @@ dispatch(SagaInstance *inst, TimestampTz now)
  * illegal
  *		Raise the error of a transition that does not fit the state machine.
  */
-static void
-pg_attribute_noreturn()
+pg_noreturn static void
 illegal(const SagaInstance *inst, int step, const char *what, const char *hint)
 {
 	ereport(ERROR,
