@@ -24,6 +24,13 @@
 #define COURIER_MY_PROCNO	(MyProc->pgprocno)
 #endif
 
+/* This backend's local transaction id: moved into PGPROC.vxid in 17. */
+#if PG_VERSION_NUM >= 170000
+#define COURIER_MY_LXID		(MyProc->vxid.lxid)
+#else
+#define COURIER_MY_LXID		(MyProc->lxid)
+#endif
+
 /* 16 gave stringToQualifiedNameList a soft-error context (NULL: throw as before). */
 #if PG_VERSION_NUM >= 160000
 #define courier_qualified_name_list(str)	stringToQualifiedNameList((str), NULL)
@@ -45,6 +52,48 @@
  */
 #ifndef pg_noreturn
 #define pg_noreturn pg_attribute_noreturn()
+#endif
+
+/*
+ * JSON semantic-action callbacks return a status since 16 (before: void);
+ * write them as  static COURIER_JSON_CB_TYPE cb(...) { ...; COURIER_JSON_CB_RETURN; }
+ */
+#if PG_VERSION_NUM >= 160000
+#define COURIER_JSON_CB_TYPE	JsonParseErrorType
+#define COURIER_JSON_CB_RETURN	return JSON_SUCCESS
+#else
+#define COURIER_JSON_CB_TYPE	void
+#define COURIER_JSON_CB_RETURN	return
+#endif
+
+/* 17's JSON lexer takes a context to fill (NULL: allocate) and a const input. */
+#if PG_VERSION_NUM >= 170000
+#define courier_json_lexer(json, len) \
+	makeJsonLexContextCstringLen(NULL, (json), (len), PG_UTF8, true)
+#else
+#define courier_json_lexer(json, len) \
+	makeJsonLexContextCstringLen(unconstify(char *, (json)), (len), PG_UTF8, true)
+#endif
+
+/*
+ * The definition of a GUC by name, for files that include utils/guc_tables.h
+ * before this header: 16 exports find_option(); before, the table is
+ * searched.
+ */
+#if PG_VERSION_NUM >= 160000
+#define courier_find_guc(name)	find_option((name), false, true, ERROR)
+#elif defined(GUC_TABLES_H)
+static inline struct config_generic *
+courier_find_guc(const char *name)
+{
+	struct config_generic **vars = get_guc_variables();
+	int			n = GetNumConfigOptions();
+
+	for (int i = 0; i < n; i++)
+		if (strcmp(vars[i]->name, name) == 0)
+			return vars[i];
+	return NULL;
+}
 #endif
 
 #endif							/* COURIER_COMPAT_H */

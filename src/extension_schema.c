@@ -59,7 +59,7 @@ lookup_extension(void)
 	SysScanDesc scan;
 	HeapTuple	tup;
 
-	if (cached_lxid != InvalidLocalTransactionId && cached_lxid == MyProc->lxid &&
+	if (cached_lxid != InvalidLocalTransactionId && cached_lxid == COURIER_MY_LXID &&
 		cached_cid == GetCurrentCommandId(false))
 		return;
 	cached_nsp = InvalidOid;
@@ -90,7 +90,7 @@ lookup_extension(void)
 				 COURIER_EXTENSION, cached_nsp);
 		cached_quoted = MemoryContextStrdup(TopMemoryContext, quote_identifier(name));
 	}
-	cached_lxid = MyProc->lxid;
+	cached_lxid = COURIER_MY_LXID;
 	cached_cid = GetCurrentCommandId(false);
 }
 

@@ -226,14 +226,9 @@ courier_valid_kafka_topic(const char *topic)
 	return strspn(topic, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
 }
 
-/* JSON semantic callbacks return a status since PostgreSQL 16. */
-#if PG_VERSION_NUM >= 160000
-#define JSON_CB_TYPE JsonParseErrorType
-#define JSON_CB_RETURN return JSON_SUCCESS
-#else
-#define JSON_CB_TYPE void
-#define JSON_CB_RETURN return
-#endif
+/* (JSON semantic callbacks: COURIER_JSON_CB_TYPE / _RETURN, compat.h) */
+#define JSON_CB_TYPE COURIER_JSON_CB_TYPE
+#define JSON_CB_RETURN COURIER_JSON_CB_RETURN
 
 /* Parser state for {"offsets":[{"error_code":..,"error":..}, ...]} */
 typedef struct OffsetsParse
@@ -352,11 +347,7 @@ courier_parse_kafka_offsets(const char *json, int len, int nrecords, int *codes,
 	sem.array_element_start = op_element_start;
 	sem.scalar = op_scalar;
 
-#if PG_VERSION_NUM >= 170000
-	lex = makeJsonLexContextCstringLen(NULL, json, len, PG_UTF8, true);
-#else
-	lex = makeJsonLexContextCstringLen(unconstify(char *, json), len, PG_UTF8, true);
-#endif
+	lex = courier_json_lexer(json, len);
 	rc = pg_parse_json(lex, &sem);
 	if (rc != JSON_SUCCESS)
 	{

@@ -20,6 +20,8 @@
 #include "utils/guc.h"
 #include "utils/guc_tables.h"
 
+#include "compat.h"			/* after guc_tables.h: courier_find_guc */
+
 PG_FUNCTION_INFO_V1(courier_option_bounds);
 
 /* Outbox options that override an integer GUC. */
@@ -44,18 +46,8 @@ static const struct
 static struct config_int *
 find_int_guc(const char *name)
 {
-	struct config_generic *gen = NULL;
+	struct config_generic *gen = courier_find_guc(name);
 
-#if PG_VERSION_NUM >= 160000
-	gen = find_option(name, false, true, ERROR);
-#else
-	struct config_generic **vars = get_guc_variables();
-	int			n = GetNumConfigOptions();
-
-	for (int i = 0; i < n && gen == NULL; i++)
-		if (strcmp(vars[i]->name, name) == 0)
-			gen = vars[i];
-#endif
 	if (gen == NULL || gen->vartype != PGC_INT)
 		return NULL;
 	return (struct config_int *) gen;
