@@ -122,12 +122,9 @@ chroot_prepare() {
 # chroot_run_tests DIR MAJOR LOG: copy the tree into the chroot and run tools/test.sh there.
 chroot_run_tests() {
     local dir=$1 major=$2 log=$3
-    rm -rf "$dir/src"; mkdir -p "$dir/src"
-    if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
-        (cd "$REPO" && git ls-files -co --exclude-standard -z | tar --null -cf - -T -) | tar -C "$dir/src" -xf -
-    else
-        (cd "$REPO" && tar --exclude=./.run -cf - .) | tar -C "$dir/src" -xf -
-    fi
+    rm -rf "$dir/src"
+    receivers_install               # the chroot has no npm: it gets the host's copy
+    copy_tree "$dir/src"
     chroot_mount "$dir"
     local rc
     set +e +o pipefail

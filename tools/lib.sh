@@ -159,3 +159,32 @@ sink_post() { curl -sf -X POST -H 'Content-Type: application/json' -d "${2:-{\}}
 
 # json_field JSON EXPR: evaluate a JavaScript expression over parsed JSON `j` (node is there anyway).
 json_field() { node -e 'const j=JSON.parse(process.argv[1]); const v=eval(process.argv[2]); console.log(typeof v==="object"?JSON.stringify(v):v)' "$1" "$2"; }
+
+# receivers_install: the official receiver-side libraries the tests judge deliveries with
+# (test/receivers: the CloudEvents SDK, the Standard Webhooks verifier), from the npm registry,
+# as pinned by its package-lock.json.  Skipped when they are there already (e.g. in a chroot,
+# which gets the host's copy).
+receivers_install() {
+    local dir=$REPO/test/receivers
+    [ -d "$dir/node_modules/cloudevents" ] && [ -d "$dir/node_modules/standardwebhooks" ] && return 0
+    command -v npm >/dev/null 2>&1 || install_packages npm
+    say "installing the receiver libraries (npm ci in test/receivers)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+        || die "npm ci in test/receivers failed (the npm registry must be reachable)"
+}
+
+# copy_tree DEST: the work tree as git sees it (tracked and untracked, not ignored files), plus
+# the receiver libraries installed by receivers_install.
+copy_tree() {
+    local dest=$1
+    mkdir -p "$dest"
+    if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
+        (cd "$REPO" && git ls-files -co --exclude-standard -z | tar --null -cf - -T -) | tar -C "$dest" -xf -
+    else
+        (cd "$REPO" && tar --exclude=./.run --exclude=node_modules -cf - .) | tar -C "$dest" -xf -
+    fi
+    if [ -d "$REPO/test/receivers/node_modules" ]; then
+        mkdir -p "$dest/test/receivers"
+        (cd "$REPO/test/receivers" && tar -cf - node_modules) | tar -C "$dest/test/receivers" -xf -
+    fi
+}

@@ -15,18 +15,14 @@ source "$(dirname "$0")/lib.sh"
 run_suite() {
     setup_base
     install_packages libipc-run-perl        # PostgreSQL::Test::Cluster needs IPC::Run
+    receivers_install
     build_install
     make_rundir test
 
     # The server user runs the tests in its own copy of the tree when we are root.
     if is_root; then
         SRC=$RUNDIR/src
-        mkdir -p "$SRC"
-        if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
-            (cd "$REPO" && git ls-files -co --exclude-standard -z | tar --null -cf - -T -) | tar -C "$SRC" -xf -
-        else
-            (cd "$REPO" && tar --exclude=./.run -cf - .) | tar -C "$SRC" -xf -
-        fi
+        copy_tree "$SRC"
         chown -R "$SERVER_USER" "$SRC"
     else
         SRC=$REPO
