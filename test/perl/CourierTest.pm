@@ -70,4 +70,22 @@ sub worker_pid
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_courier worker' AND datname = '$db'");
 }
 
+# tenants(NODE, NAME...): for each name a LOGIN role that owns a schema of that name and nothing
+# else: the attacker and its neighbours in the attack tests.
+sub tenants
+{
+	my ($node, @names) = @_;
+	$node->safe_psql('postgres', join("\n", map { "CREATE ROLE $_ LOGIN; CREATE SCHEMA $_ AUTHORIZATION $_;" } @names));
+}
+
+# no_takeover(NODE): what an operator checks after an attack: no role became superuser (but the
+# bootstrap superuser), and no server process was terminated by a signal.
+sub no_takeover
+{
+	my ($node) = @_;
+	is($node->safe_psql('postgres', q{SELECT string_agg(rolname, ',') FROM pg_roles WHERE rolsuper AND oid <> 10}), '',
+		'no role became superuser');
+	unlike(slurp_file($node->logfile), qr/terminated by signal/, 'no process was terminated by a signal');
+}
+
 1;

@@ -14,12 +14,7 @@ my $sink = CourierSink->start;
 my $node = CourierTest::node('attack_payload_update');
 my $url = $sink->url('/hook');
 
-$node->safe_psql('postgres', q{
-	CREATE ROLE eve LOGIN;
-	CREATE ROLE alice LOGIN;
-	CREATE SCHEMA eve AUTHORIZATION eve;
-	CREATE SCHEMA alice AUTHORIZATION alice;
-});
+CourierTest::tenants($node, 'eve', 'alice');
 $node->safe_psql('postgres', qq{SET ROLE eve; SELECT courier.create_outbox('eve.o', '$url')});
 $node->safe_psql('postgres', qq{SET ROLE alice; SELECT courier.create_outbox('alice.o', '$url')});
 
@@ -72,9 +67,7 @@ my $pid = CourierTest::worker_pid($node);
 my ($anon) = slurp_file("/proc/$pid/status") =~ /^RssAnon:\s+(\d+) kB/m;
 cmp_ok($anon, '<', 100 * 1024, "the worker's private memory stays small (${anon} kB)");
 
-unlike(slurp_file($node->logfile), qr/terminated by signal/, 'no process crashed');
-is($node->safe_psql('postgres', q{SELECT string_agg(rolname, ',') FROM pg_roles WHERE rolsuper AND oid <> 10}), '',
-	'no role became superuser');
+CourierTest::no_takeover($node);
 
 $node->stop;
 $sink->stop;
