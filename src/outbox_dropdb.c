@@ -44,6 +44,7 @@
 #include "pg_courier.h"
 #include "outbox_registry.h"
 #include "outbox_shmem.h"
+#include "restore_copy.h"
 
 /* how long a worker stays away from a database that is being dropped */
 #define COURIER_LEAVING_MS	(30 * 1000)
@@ -124,7 +125,8 @@ dropdb_target(Node *parsetree)
 /*
  * courier_process_utility
  *		DROP DATABASE: the worker leaves first; if the command fails it comes
- *		back.  Everything else passes through.
+ *		back.  COPY FROM STDIN of the tables that name relations goes to
+ *		restore_copy.c.  Everything else passes through.
  */
 static void
 courier_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -133,6 +135,9 @@ courier_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOn
 {
 	volatile Oid dboid = dropdb_target(pstmt->utilityStmt);
 
+	/* (the restore of the tables that name relations: restore_copy.c) */
+	if (courier_restore_copy(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc))
+		return;
 	if (OidIsValid(dboid))
 		ask_worker_to_leave(dboid);
 	PG_TRY();
