@@ -1,7 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * outbox_dropdb.c
- *	  DROP DATABASE of a database a delivery worker serves.
+ *	  DROP DATABASE of a database a delivery worker serves; and pg_courier's
+ *	  ProcessUtility hook, which also hands COPY FROM STDIN of the tables
+ *	  that name relations to restore_copy.c.
  *
  * DROP DATABASE refuses while other sessions are connected (it waits five
  * seconds for them), and a delivery worker stays connected to its database
@@ -136,7 +138,8 @@ courier_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOn
 	volatile Oid dboid = dropdb_target(pstmt->utilityStmt);
 
 	/* (the restore of the tables that name relations: restore_copy.c) */
-	if (courier_restore_copy(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc))
+	if (courier_restore_copy(prev_process_utility, pstmt, queryString, readOnlyTree, context, params,
+							 queryEnv, dest, qc))
 		return;
 	if (OidIsValid(dboid))
 		ask_worker_to_leave(dboid);

@@ -183,12 +183,13 @@ build_statements(Relation rel, List *attlist, const char *staging,
 /*
  * courier_restore_copy
  *		Run a COPY FROM STDIN into one of the tables that name relations
- *		through a staging table (see the file header).  Returns false, having
- *		done nothing, for any other statement.
+ *		through a staging table (see the file header), with next (the
+ *		previous hook, or PostgreSQL's own).  Returns false, having done
+ *		nothing, for any other statement.
  */
 bool
-courier_restore_copy(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
-					 ProcessUtilityContext context, ParamListInfo params,
+courier_restore_copy(ProcessUtility_hook_type next, PlannedStmt *pstmt, const char *queryString,
+					 bool readOnlyTree, ProcessUtilityContext context, ParamListInfo params,
 					 QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
 	Oid			relid = restore_target(pstmt->utilityStmt);
@@ -221,7 +222,7 @@ courier_restore_copy(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 	stmt->relation = makeRangeVar("pg_temp", staging, -1);
 	staged = copyObject(pstmt);
 	staged->utilityStmt = (Node *) stmt;
-	standard_ProcessUtility(staged, queryString, false, context, params, queryEnv, dest, qc);
+	(next ? next : standard_ProcessUtility) (staged, queryString, false, context, params, queryEnv, dest, qc);
 
 	/* into the real table, names resolved; the rest said once */
 	SPI_connect();

@@ -11,7 +11,8 @@
 
 #include "tcop/utility.h"
 
-extern bool courier_restore_copy(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+extern bool courier_restore_copy(ProcessUtility_hook_type next, PlannedStmt *pstmt,
+								 const char *queryString, bool readOnlyTree,
 								 ProcessUtilityContext context, ParamListInfo params,
 								 QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc);
 
