@@ -7,8 +7,10 @@
  *
  * DROP DATABASE refuses while other sessions are connected (it waits five
  * seconds for them), and a delivery worker stays connected to its database
- * for as long as the server runs.  So a ProcessUtility hook that sees DROP
- * DATABASE (with or without FORCE) first asks the database's worker to leave:
+ * for as long as the server runs.  (So do ALTER DATABASE ... RENAME TO and
+ * SET TABLESPACE, and CREATE DATABASE ... TEMPLATE of the served database.)
+ * So a ProcessUtility hook that sees DROP DATABASE (with or without FORCE;
+ * or one of the others) first asks the database's worker to leave:
  * it marks the database as "leaving" in shared memory until a deadline and
  * sends the worker SIGTERM; the launcher starts no worker for a leaving
  * database, and a worker that starts meanwhile does not attach to it.  If
@@ -37,6 +39,7 @@
 
 #include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
+#include "commands/defrem.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
@@ -104,20 +107,60 @@ courier_database_leaving(Oid dboid)
 }
 
 /*
+ * option_string
+ *		The value of the DefElem named name in options, or NULL.
+ */
+static const char *
+option_string(List *options, const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, options)
+	{
+		DefElem    *opt = lfirst_node(DefElem, lc);
+
+		if (strcmp(opt->defname, name) == 0 && opt->arg != NULL)
+			return defGetString(opt);
+	}
+	return NULL;
+}
+
+/*
  * dropdb_target
- *		The database a DROP DATABASE names, when the caller may drop it and a
- *		worker could serve it; InvalidOid otherwise.
+ *		The database a command needs alone (no other session connected):
+ *		DROP DATABASE, ALTER DATABASE ... RENAME TO and SET TABLESPACE, and
+ *		CREATE DATABASE ... TEMPLATE; when the caller owns it (the command
+ *		checks its own rights later) and a worker could serve it.  *back:
+ *		the database is still there afterwards (its worker comes back even
+ *		when the command succeeds).  InvalidOid for anything else.
  */
 static Oid
-dropdb_target(Node *parsetree)
+dropdb_target(Node *parsetree, bool *back)
 {
-	DropdbStmt *stmt;
+	const char *dbname = NULL;
 	Oid			dboid;
 
-	if (courier_shared == NULL || !IsA(parsetree, DropdbStmt))
+	*back = false;
+	if (courier_shared == NULL)
 		return InvalidOid;
-	stmt = (DropdbStmt *) parsetree;
-	dboid = get_database_oid(stmt->dbname, true);
+	if (IsA(parsetree, DropdbStmt))
+		dbname = ((DropdbStmt *) parsetree)->dbname;
+	else if (IsA(parsetree, RenameStmt) && ((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
+		dbname = ((RenameStmt *) parsetree)->subname;
+	else if (IsA(parsetree, AlterDatabaseStmt) &&
+			 option_string(((AlterDatabaseStmt *) parsetree)->options, "tablespace") != NULL)
+	{
+		dbname = ((AlterDatabaseStmt *) parsetree)->dbname;
+		*back = true;
+	}
+	else if (IsA(parsetree, CreatedbStmt))
+	{
+		dbname = option_string(((CreatedbStmt *) parsetree)->options, "template");
+		*back = true;
+	}
+	if (dbname == NULL)
+		return InvalidOid;
+	dboid = get_database_oid(dbname, true);
 	if (!OidIsValid(dboid) || dboid == MyDatabaseId ||
 		!courier_database_ownercheck(dboid, GetUserId()))
 		return InvalidOid;
@@ -126,8 +169,8 @@ dropdb_target(Node *parsetree)
 
 /*
  * courier_process_utility
- *		DROP DATABASE: the worker leaves first; if the command fails it comes
- *		back.  COPY FROM STDIN of the tables that name relations goes to
+ *		DROP DATABASE (and the other commands of dropdb_target): the worker
+ *		leaves first; if the command fails it comes back.  COPY FROM STDIN of the tables that name relations goes to
  *		restore_copy.c.  Everything else passes through.
  */
 static void
@@ -135,7 +178,9 @@ courier_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOn
 						ProcessUtilityContext context, ParamListInfo params,
 						QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
-	volatile Oid dboid = dropdb_target(pstmt->utilityStmt);
+	bool		comes_back;
+	volatile Oid dboid = dropdb_target(pstmt->utilityStmt, &comes_back);
+	volatile bool back = comes_back;
 
 	/* (the restore of the tables that name relations: restore_copy.c) */
 	if (courier_restore_copy(prev_process_utility, pstmt, queryString, readOnlyTree, context, params,
@@ -162,10 +207,13 @@ courier_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOn
 	PG_END_TRY();
 
 	/*
-	 * Dropped: the mark stays until its deadline, so that the launcher does
-	 * not start a worker before the drop commits; then it sees the database
-	 * is gone.
+	 * Dropped or renamed: the mark stays until its deadline, so that the
+	 * launcher does not start a worker before the command commits; then it
+	 * sees that the database (of that name) is gone.  Copied or moved: the
+	 * worker comes back.
 	 */
+	if (OidIsValid(dboid) && back)
+		forget_leaving(dboid);
 }
 
 /*

@@ -1,5 +1,5 @@
 # Dropping things: DROP DATABASE of a served database works without FORCE (the worker leaves, and
-# comes back if the drop fails); only who may drop the database makes its worker leave; after a
+# comes back if the drop fails; CREATE DATABASE ... TEMPLATE too, and the worker comes back); only who may drop the database makes its worker leave; after a
 # drop (with or without FORCE) the launcher starts no worker for the database that is gone, until
 # it is created again; DROP EXTENSION pg_courier CASCADE keeps the outbox tables with their rows,
 # and courier.adopt_outbox() takes them back under a new installation.
@@ -59,6 +59,14 @@ ok(CourierTest::wait_until(sub { my $p = CourierTest::worker_pid($node, 'dd'); $
 		timeout => 60, what => 'worker back in dd'), 'after the failed drop, dd has a worker again');
 ok(delivered_in_dd(2, 'after failed drop'), 'and dd is served again');
 $session->quit;
+
+# CREATE DATABASE ... TEMPLATE dd also needs dd alone: the worker leaves and comes back.
+$pid = CourierTest::worker_pid($node, 'dd');
+($ret, $out, $err) = $node->psql('postgres', 'CREATE DATABASE dd_copy TEMPLATE dd');
+is($ret, 0, 'CREATE DATABASE ... TEMPLATE of a served database works') or diag($err);
+ok(CourierTest::wait_until(sub { my $p = CourierTest::worker_pid($node, 'dd'); $p ne '' && $p ne $pid },
+		timeout => 60, what => 'worker back in dd after the copy'), 'and the worker of dd comes back');
+$node->safe_psql('postgres', 'DROP DATABASE dd_copy');
 
 #--------------------------------------------------------------------------------------------------
 # DROP DATABASE without FORCE
