@@ -170,7 +170,8 @@ dropdb_target(Node *parsetree, bool *back)
 /*
  * courier_process_utility
  *		DROP DATABASE (and the other commands of dropdb_target): the worker
- *		leaves first; if the command fails it comes back.  COPY FROM STDIN of the tables that name relations goes to
+ *		leaves first; if the command fails it comes back.  COPY FROM STDIN
+ *		of the tables that name relations goes to
  *		restore_copy.c.  Everything else passes through.
  */
 static void

@@ -213,8 +213,8 @@ database_startable(ManagedWorker *m)
 	{
 		if (!m->missing_logged)
 			ereport(LOG,
-					(errmsg("pg_courier: database \"%s\" in courier.databases does not exist; its worker starts once it is created",
-							m->dbname)));
+					(errmsg("pg_courier: database \"%s\" in courier.databases does not exist; "
+							"its worker starts once it is created", m->dbname)));
 		m->missing_logged = true;
 		return false;
 	}
