@@ -637,3 +637,81 @@ BEGIN
     RETURN out;
 END
 $$;
+
+------------------------------------------------------------------------------------------------------
+-- (Issue 14: dump, restore, drop, upgrade) NULL outbox arguments are refused as NULL (22004)
+------------------------------------------------------------------------------------------------------
+
+-- drop_outbox(NULL), alter_outbox(NULL) (and so pause(NULL), resume(NULL)) said "table <NULL> is not
+-- an outbox" (42704): a NULL is a caller's mistake of another kind.
+CREATE OR REPLACE FUNCTION courier.drop_outbox(outbox regclass)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF outbox IS NULL THEN
+        RAISE EXCEPTION 'outbox must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    DELETE FROM courier.outboxes o WHERE o.outbox = drop_outbox.outbox;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not an outbox', outbox
+            USING ERRCODE = 'undefined_object', HINT = 'See courier.outboxes for the registered outboxes.';
+    END IF;
+    -- DROP TABLE checks ownership itself
+    EXECUTE format('DROP TABLE %s', outbox);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION courier.alter_outbox(outbox regclass, endpoint text DEFAULT NULL, options jsonb DEFAULT NULL,
+                                                enabled boolean DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r courier.outboxes;
+BEGIN
+    IF outbox IS NULL THEN
+        RAISE EXCEPTION 'outbox must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO r FROM courier.outboxes o WHERE o.outbox = alter_outbox.outbox FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not an outbox', outbox USING ERRCODE = 'undefined_object',
+            HINT = 'Only the outboxes of roles you belong to are visible.';
+    END IF;
+    IF endpoint IS NOT NULL THEN
+        PERFORM courier._validate_endpoint(endpoint, r.format);
+        r.endpoint := endpoint;
+    END IF;
+    IF options IS NOT NULL THEN
+        PERFORM courier._validate_options(options, r.format);
+        r.options := options;
+        r.default_topic := options ->> 'topic';
+        PERFORM courier._warn_options(outbox, options);
+    END IF;
+    UPDATE courier.outboxes o
+       SET endpoint = r.endpoint, options = r.options, default_topic = r.default_topic,
+           enabled = COALESCE(alter_outbox.enabled, o.enabled)
+     WHERE o.outbox = r.outbox;
+    PERFORM courier._wake_at_commit();
+END
+$$;
+
+-- cache_invalidate_off(NULL) answered 0 (nothing turned off) instead of refusing the NULL.
+CREATE OR REPLACE FUNCTION courier.cache_invalidate_off(tbl regclass, key_template text DEFAULT NULL)
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t       record;
+    n       integer := 0;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Name the table whose invalidation triggers to remove; a NULL key template removes all of them.';
+    END IF;
+    FOR t IN SELECT tg.tgname FROM pg_trigger tg
+              WHERE tg.tgrelid = tbl AND tg.tgfoid = 'courier._cache_invalidate()'::regprocedure
+                AND (key_template IS NULL
+                     OR tg.tgname IN (courier._cache_trigger_name(key_template),
+                                      courier._cache_trigger_name(key_template) || '_truncate'))
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, tbl);
+        n := n + 1;
+    END LOOP;
+    RETURN n / 2;
+END
+$$;

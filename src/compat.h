@@ -31,6 +31,14 @@
 #define COURIER_MY_LXID		(MyProc->lxid)
 #endif
 
+/* 16 replaced the per-catalog ownership checks with object_ownercheck(). */
+#if PG_VERSION_NUM >= 160000
+#define courier_database_ownercheck(dboid, roleid) \
+	object_ownercheck(DatabaseRelationId, (dboid), (roleid))
+#else
+#define courier_database_ownercheck(dboid, roleid)	pg_database_ownercheck((dboid), (roleid))
+#endif
+
 /* 16 gave stringToQualifiedNameList a soft-error context (NULL: throw as before). */
 #if PG_VERSION_NUM >= 160000
 #define courier_qualified_name_list(str)	stringToQualifiedNameList((str), NULL)

@@ -9,10 +9,21 @@
  * regret of its users), and a worker that dies (pg_terminate_backend, an
  * error) is restarted with a backoff instead of a tight crash loop.
  *
+ * The launcher is connected to no database (like PostgreSQL's logical
+ * replication launcher), so that it can read pg_database: it starts no
+ * worker for a database that does not exist (dropped, or not created yet;
+ * said once in the log) or that is being dropped (outbox_dropdb.c), and
+ * checks again every few seconds.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -22,10 +33,12 @@
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
 #include "pg_courier.h"
+#include "outbox_shmem.h"
 
 PGDLLEXPORT void courier_launcher_main(Datum arg);
 
@@ -37,6 +50,7 @@ typedef struct ManagedWorker
 	TimestampTz next_start_at;
 	int			quick_failures; /* consecutive exits soon after start */
 	bool		wanted;
+	bool		missing_logged; /* said that the database does not exist */
 } ManagedWorker;
 
 static ManagedWorker *managed = NULL;
@@ -52,7 +66,7 @@ courier_launcher_register(void)
 	BackgroundWorker w;
 
 	memset(&w, 0, sizeof(w));
-	w.bgw_flags = BGWORKER_SHMEM_ACCESS;
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	w.bgw_restart_time = 5;
 	strlcpy(w.bgw_library_name, COURIER_EXTENSION, BGW_MAXLEN);
@@ -149,6 +163,69 @@ reconcile_databases(void)
 }
 
 /*
+ * database_oid
+ *		The OID of the database named dbname, InvalidOid if there is none.
+ *		A heap scan of pg_database, like autovacuum's launcher: connected to
+ *		no database we may read shared catalogs, but not build the relcache
+ *		entry of an index (that reads pg_class).
+ */
+static Oid
+database_oid(const char *dbname)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	Oid			dboid = InvalidOid;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (strcmp(NameStr(db->datname), dbname) == 0 && !database_is_invalid_form(db))
+		{
+			dboid = db->oid;
+			break;
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return dboid;
+}
+
+/*
+ * database_startable
+ *		Whether m's database exists and is not being dropped.  A missing
+ *		database is said once in the log (again after it came back).
+ */
+static bool
+database_startable(ManagedWorker *m)
+{
+	Oid			dboid;
+	bool		leaving;
+
+	dboid = database_oid(m->dbname);
+	if (!OidIsValid(dboid))
+	{
+		if (!m->missing_logged)
+			ereport(LOG,
+					(errmsg("pg_courier: database \"%s\" in courier.databases does not exist; "
+							"its worker starts once it is created", m->dbname)));
+		m->missing_logged = true;
+		return false;
+	}
+	m->missing_logged = false;
+	LWLockAcquire(courier_shared->lock, LW_SHARED);
+	leaving = courier_database_leaving(dboid);
+	LWLockRelease(courier_shared->lock);
+	return !leaving;
+}
+
+/*
  * supervise
  *		Start workers that are not running, with exponential backoff for
  *		workers that keep exiting soon after they started.  Returns the
@@ -177,6 +254,12 @@ supervise(void)
 			pfree(m->handle);
 			m->handle = NULL;
 		}
+		if (now >= m->next_start_at && !database_startable(m))
+		{
+			/* look again soon; a database that comes back gets its worker without backoff */
+			m->quick_failures = 0;
+			m->next_start_at = TimestampTzPlusMilliseconds(now, 1000);
+		}
 		if (now >= m->next_start_at)
 			start_worker(m);
 		else
@@ -195,6 +278,7 @@ courier_launcher_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);	/* shared catalogs only */
 
 	managed = MemoryContextAllocZero(TopMemoryContext, sizeof(ManagedWorker) * courier_max_databases);
 	reconcile_databases();

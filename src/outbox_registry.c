@@ -52,6 +52,17 @@ CourierShared *courier_shared = NULL;
 static bool xact_wrote_outbox = false;
 static bool xact_gave_ids = false;	/* rows brought their own ids (replay, restore) */
 
+/*
+ * The outermost open (sub)transaction that still holds outbox writes, or
+ * InvalidSubTransactionId when every write was rolled back to a savepoint.
+ * Open subtransactions form a stack of increasing ids, so one id suffices:
+ * a write in the top-most level leaves it as it is (or sets it), committing
+ * that level hands it to the parent, aborting it forgets it.  PREPARE
+ * TRANSACTION is refused only while it is valid.
+ */
+static SubTransactionId xact_write_subid = InvalidSubTransactionId;
+static void note_write(void);
+
 /* the outboxes this transaction wrote, so that the worker reads only those */
 #define XACT_OUTBOXES 8
 static Oid	xact_outboxes[XACT_OUTBOXES];
@@ -196,7 +207,7 @@ courier_registry_insert(Oid relid, Oid seqid, const char *key, int keylen, int64
 	bool		first = false;
 	int64		id;
 
-	xact_wrote_outbox = true;
+	note_write();
 	note_outbox(relid);
 
 	/* Rows without a key carry no order: nothing to register. */
@@ -363,9 +374,18 @@ registry_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_PRE_PREPARE:
 			/* a prepared transaction would stay invisible with its slot cleared */
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("cannot PREPARE a transaction that has written to a pg_courier outbox")));
+			if (xact_write_subid != InvalidSubTransactionId)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that has written to a pg_courier outbox"),
+						 errhint("Commit it instead, or roll its outbox writes back to a savepoint first.")));
+			break;
+		case XACT_EVENT_PREPARE:
+			/* every outbox write was rolled back: nothing to hold, nobody to wake */
+			clear_slot(false);
+			xact_wrote_outbox = xact_gave_ids = xact_outboxes_overflow = false;
+			n_xact_outboxes = 0;
+			xact_write_subid = InvalidSubTransactionId;
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
@@ -374,16 +394,50 @@ registry_xact_callback(XactEvent event, void *arg)
 			wake_worker();
 			xact_wrote_outbox = xact_gave_ids = xact_outboxes_overflow = false;
 			n_xact_outboxes = 0;
+			xact_write_subid = InvalidSubTransactionId;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			clear_slot(false);
 			xact_wrote_outbox = xact_gave_ids = xact_outboxes_overflow = false;
 			n_xact_outboxes = 0;
+			xact_write_subid = InvalidSubTransactionId;
 			break;
 		default:
 			break;
 	}
+}
+
+/*
+ * note_write
+ *		This (sub)transaction writes to an outbox or changes what the worker
+ *		must re-read (see xact_write_subid).
+ */
+static void
+note_write(void)
+{
+	xact_wrote_outbox = true;
+	if (xact_write_subid == InvalidSubTransactionId)
+		xact_write_subid = GetCurrentSubTransactionId();
+}
+
+/*
+ * registry_subxact_callback
+ *		Keep xact_write_subid on the level that holds the writes: a committed
+ *		savepoint hands them to its parent, a rolled-back one loses them.
+ *		(The slot's keys and the wake-up stay: holding back or waking for
+ *		nothing is harmless.)
+ */
+static void
+registry_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						  SubTransactionId parentSubid, void *arg)
+{
+	if (xact_write_subid != mySubid)
+		return;
+	if (event == SUBXACT_EVENT_COMMIT_SUB)
+		xact_write_subid = parentSubid;
+	else if (event == SUBXACT_EVENT_ABORT_SUB)
+		xact_write_subid = InvalidSubTransactionId;
 }
 
 /*
@@ -396,7 +450,7 @@ PG_FUNCTION_INFO_V1(courier_wake_at_commit);
 Datum
 courier_wake_at_commit(PG_FUNCTION_ARGS)
 {
-	xact_wrote_outbox = true;
+	note_write();
 	xact_gave_ids = true;
 	PG_RETURN_VOID();
 }
@@ -411,6 +465,7 @@ courier_registry_init(void)
 	if (!xact_registered)
 	{
 		RegisterXactCallback(registry_xact_callback, NULL);
+		RegisterSubXactCallback(registry_subxact_callback, NULL);
 		xact_registered = true;
 	}
 }

@@ -39,6 +39,8 @@ typedef struct CourierShared
 	int			nslots;
 	int			nworkers;
 	CourierWorkerInfo *workers;
+	Oid			leaving_dboid;	/* being dropped: no worker (outbox_dropdb.c) */
+	TimestampTz leaving_until;
 	slock_t		counters_mutex;
 	CourierOutboxCounters counters[COURIER_MAX_OUTBOXES];
 	ProducerSlot slots[FLEXIBLE_ARRAY_MEMBER];

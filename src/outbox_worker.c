@@ -497,7 +497,8 @@ courier_worker_main(Datum arg)
 
 	if (courier_worker_attach(dbname) == NULL)
 	{
-		ereport(LOG, (errmsg("pg_courier: database \"%s\" already has a delivery worker", dbname)));
+		ereport(LOG, (errmsg("pg_courier: database \"%s\" already has a delivery worker or is being dropped",
+							 dbname)));
 		proc_exit(0);
 	}
 	before_shmem_exit(detach_worker, (Datum) 0);

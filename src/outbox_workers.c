@@ -29,7 +29,8 @@ static CourierWorkerInfo *my_worker = NULL;
 /*
  * courier_worker_attach
  *		Claim this database's entry in the worker table so producers can wake
- *		us.  Returns NULL when another worker already serves the database.
+ *		us.  Returns NULL when another worker already serves the database, or
+ *		when it is being dropped.
  */
 CourierWorkerInfo *
 courier_worker_attach(const char *dbname)
@@ -41,7 +42,8 @@ courier_worker_attach(const char *dbname)
 	{
 		CourierWorkerInfo *w = &courier_shared->workers[i];
 
-		if (w->pid != 0 && w->dboid == MyDatabaseId)
+		/* (or the database is being dropped: outbox_dropdb.c) */
+		if ((w->pid != 0 && w->dboid == MyDatabaseId) || courier_database_leaving(MyDatabaseId))
 		{
 			LWLockRelease(courier_shared->lock);
 			return NULL;

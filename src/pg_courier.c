@@ -301,4 +301,5 @@ _PG_init(void)
 	shmem_startup_hook = courier_shmem_startup;
 
 	courier_launcher_register();
+	courier_dropdb_init();
 }

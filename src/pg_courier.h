@@ -43,6 +43,8 @@ extern bool courier_preloaded;
 /* ---- module init functions, called from _PG_init ---- */
 extern void courier_registry_init(void);	/* outbox_registry.c */
 extern void courier_launcher_register(void);	/* outbox_launcher.c */
+extern void courier_dropdb_init(void);	/* outbox_dropdb.c */
+extern bool courier_database_leaving(Oid dboid);
 extern void courier_idempotency_init(void);	/* idempotency.c */
 extern void courier_saga_init(void);	/* saga.c */
 extern void courier_shard_init(void);	/* shard.c */
