@@ -63,6 +63,18 @@
 #endif
 
 /*
+ * A GUC check hook's "extra" is freed by guc.c: with free() before 16, with
+ * guc_free() (a GUC memory context) since.
+ */
+#if PG_VERSION_NUM >= 160000
+#define courier_guc_malloc(size)	guc_malloc(LOG, (size))
+#define courier_guc_free(ptr)		guc_free(ptr)
+#else
+#define courier_guc_malloc(size)	malloc(size)
+#define courier_guc_free(ptr)		free(ptr)
+#endif
+
+/*
  * JSON semantic-action callbacks return a status since 16 (before: void);
  * write them as  static COURIER_JSON_CB_TYPE cb(...) { ...; COURIER_JSON_CB_RETURN; }
  */

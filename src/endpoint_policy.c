@@ -530,7 +530,7 @@ courier_check_allowed_hosts(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("List syntax is invalid.");
 		return false;
 	}
-	list = malloc(offsetof(AllowedHosts, e) + Max(1, list_length(items)) * sizeof(AllowedEntry));
+	list = courier_guc_malloc(offsetof(AllowedHosts, e) + Max(1, list_length(items)) * sizeof(AllowedEntry));
 	if (list == NULL)
 		return false;
 	foreach(lc, items)
@@ -547,7 +547,7 @@ courier_check_allowed_hosts(char **newval, void **extra, GucSource source)
 		{
 			GUC_check_errdetail("Entry \"%s\" %s.", item,
 								why ? why : "is not a valid address or CIDR (a.b.c.d/n, x:y::z/n)");
-			free(list);
+			courier_guc_free(list);
 			return false;
 		}
 		i++;
