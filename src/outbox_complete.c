@@ -321,11 +321,15 @@ classify(const Delivery *d, Outcome *o)
 				outcome_refused(o, d, i, req->status, error);
 			return;
 		}
-		/* v3: a 404 about the cluster: the discovered id is stale, ask again */
+		/*
+		 * v3: a 404 about the cluster is not about the events: retried; a
+		 * discovered id is stale and asked for again
+		 */
 		if (req->status == 404 && d->ob->format == COURIER_FORMAT_KAFKA_REST_V3 &&
-			d->ob->cluster_found != NULL && strstr(error, "luster") != NULL)
+			strstr(error, "luster") != NULL)
 		{
-			pfree(d->ob->cluster_found);
+			if (d->ob->cluster_found != NULL)
+				pfree(d->ob->cluster_found);
 			d->ob->cluster_found = NULL;
 			for (int i = 0; i < d->nrows; i++)
 				outcome_fail(o, d, i, req->status, error, -1, false);
