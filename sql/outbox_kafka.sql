@@ -41,7 +41,6 @@ SELECT courier.create_outbox('kbad', 'https://kafka.example.com', 'kafka_rest_v3
 
 -- a direct write to the catalog gets the same checks
 UPDATE courier.outboxes SET options = '{"cluster_id": "x?y"}' WHERE outbox = 'k3'::regclass;
-UPDATE courier.outboxes SET format = 'kafka_rest_v4' WHERE outbox = 'k3'::regclass;
 
 -- nothing was left behind by the refusals
 SELECT count(*) FROM pg_class WHERE relname IN ('kbad', 'ce_dots') AND relnamespace = 'public'::regnamespace;
