@@ -670,12 +670,28 @@ ALTER FUNCTION courier._validate_options(jsonb, text) RENAME TO _validate_option
 
 CREATE FUNCTION courier._validate_options(options jsonb, format text)
 RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    msg text;
+    hint text;
 BEGIN
     IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
         PERFORM courier._validate_options_general(options, format);
         RETURN;
     END IF;
-    PERFORM courier._validate_options_general(options - 'embedded_format' - 'cluster_id', format);
+    BEGIN
+        PERFORM courier._validate_options_general(options - 'embedded_format' - 'cluster_id', format);
+    EXCEPTION WHEN invalid_parameter_value THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+        -- the list of known options names these too
+        IF hint LIKE 'Known options: %' THEN
+            SELECT 'Known options: ' || string_agg(x, ', ' ORDER BY x) INTO hint
+              FROM unnest(string_to_array(substr(hint, 16), ', ') || ARRAY['cluster_id', 'embedded_format']) x;
+        END IF;
+        IF hint IS NULL OR hint = '' THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = msg;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = msg, HINT = hint;
+    END;
     IF options ? 'embedded_format' AND (format <> 'kafka_rest_v2'
                                         OR options -> 'embedded_format' NOT IN ('"json"', '"binary"')) THEN
         RAISE EXCEPTION 'outbox option "embedded_format" must be ''json'' or ''binary'', for the kafka_rest_v2 format'
