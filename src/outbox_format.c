@@ -12,10 +12,7 @@
  * naming the column; the caller moves it to the dead letters.
  *
  * Bodies are assembled as text: the payload is already JSON (jsonb's output)
- * and strings go through escape_json().  The response is parsed with
- * PostgreSQL's own incremental JSON parser, which reports malformed input
- * as a return code instead of throwing: a bad answer from an endpoint is a
- * failed delivery, never an error in the worker.
+ * and strings go through escape_json().
  *
  *-------------------------------------------------------------------------
  */
