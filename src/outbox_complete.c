@@ -53,6 +53,7 @@ typedef struct Outcome
 	RowList		dead;
 	const char *first_error;
 	bool		refused;		/* the endpoint refused our credentials: a breaker failure */
+	int			failed_requests;	/* failures without rows (v3 cluster discovery) */
 } Outcome;
 
 /*
@@ -259,11 +260,15 @@ classify_kafka(const Delivery *d, Outcome *o)
 	}
 }
 
+/* How long a failed cluster discovery waits before the next. */
+#define DISCOVERY_RETRY_MS	2000
+
 /*
  * classify_discovery
- *		The answer to GET /v3/clusters: remember the cluster id (the
- *		request carries no rows; a failure shows in last_error and the
- *		breaker, and the next dispatch asks again).
+ *		The answer to GET /v3/clusters: remember the cluster id.  The
+ *		request carries no rows: a failure counts as one failed attempt
+ *		(last_error says what happened), counts for the breaker by its
+ *		status, and the next discovery waits DISCOVERY_RETRY_MS.
  */
 static void
 classify_discovery(const Delivery *d, Outcome *o)
@@ -277,9 +282,13 @@ classify_discovery(const Delivery *d, Outcome *o)
 		courier_parse_kafka_v3_clusters(req->response.data, req->response.len, id, sizeof(id)))
 		ob->cluster_found = MemoryContextStrdup(ob->cxt, id);
 	else
+	{
 		o->first_error = psprintf("could not discover the Kafka cluster id (GET /v3/clusters): %s",
 								  req->status >= 200 && req->status < 300
 								  ? "no usable cluster_id in the answer" : describe_failure(req));
+		o->failed_requests++;
+		ob->discover_after = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), DISCOVERY_RETRY_MS);
+	}
 	if (req->status == 401 || req->status == 403)
 		o->refused = true;
 }
@@ -624,9 +633,10 @@ courier_complete(List *finished)
 
 			o.first_error = NULL;
 			o.refused = false;
+			o.failed_requests = 0;
 			classify(d, &o);
-			courier_counters_record(ob->counters, o.nok - nok, o.retry.n - nretry, o.dead.n - ndead,
-									o.first_error);
+			courier_counters_record(ob->counters, o.nok - nok, o.retry.n - nretry + o.failed_requests,
+									o.dead.n - ndead, o.first_error);
 			courier_breaker_record(ob->breaker,
 								   !o.refused && !(d->req->status == 0 || d->req->status == 408 || d->req->status == 425 ||
 									 d->req->status == 429 || d->req->status >= 500),

@@ -280,6 +280,10 @@ courier_dispatch_possible(OutboxState *ob)
 	if (!ob->enabled || OB_INFLIGHT(ob) <= ob->inflight || (next != 0 && now < next) ||
 		ob->shape_problem || courier_health_resting(&ob->delivery, now))
 		return false;
+	/* Kafka REST v3 without its cluster id: only a discovery could start, when due */
+	if (ob->format == COURIER_FORMAT_KAFKA_REST_V3 && courier_kafka_v3_cluster(ob) == NULL &&
+		(ob->discovering || now < ob->discover_after))
+		return false;
 	/* is there anything to read?  (the commit count is read before the snapshot) */
 	ob->commits = ob->counters ? pg_atomic_read_u64(&ob->counters->commits) : 0;
 	return ob->commits != ob->seen_commits || ob->counters == NULL || ob->more || ob->nready > 0 ||
@@ -514,7 +518,8 @@ discover_cluster(OutboxState *ob)
 	Delivery   *d;
 	int			admitted;
 
-	if (ob->discovering || (admitted = courier_breaker_admit(ob->breaker)) == 0)
+	if (ob->discovering || GetCurrentTimestamp() < ob->discover_after ||
+		(admitted = courier_breaker_admit(ob->breaker)) == 0)
 		return false;
 	d = new_delivery(ob, 1, NULL);
 	d->discovery = true;

@@ -100,6 +100,7 @@ typedef struct OutboxState
 	char	   *cluster_option; /* v3: the cluster_id option, or NULL (settings) */
 	char	   *cluster_found;	/* v3: discovered with GET /v3/clusters, or NULL (cxt) */
 	bool		discovering;	/* v3: that GET is in flight */
+	TimestampTz discover_after; /* v3: not before this (after a failed discovery) */
 	bool		enabled;
 	int			batch_size;
 	int			max_inflight;

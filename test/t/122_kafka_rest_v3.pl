@@ -90,6 +90,23 @@ is_deeply($raw->{kafka}{headers}, [ { name => 'X-Trace', value => 'r' } ],
 is_deeply($raw->{data}, { n => 1, event_id => 'e-1' }, 'envelope none: the value is the payload');
 ok(!(grep { $_->{method} eq 'GET' } @{ $sink->requests }), 'with the cluster_id option nothing is discovered');
 
+# --- discovery refused (401): visible in outbox_stats, retried, then delivery
+$sink->reset;
+$sink->config(id_field => undef);
+$sink->faults({ status => { code => 401, match => { path_prefix => '/locked' } } });
+my $locked = $sink->url('/locked');
+q1(qq{SELECT courier.create_outbox('v3locked', '$locked', 'kafka_rest_v3', '{"topic": "locked", $fast}');
+	  SELECT courier.send('v3locked', '{"n": 1}', 'k')});
+ok(CourierTest::wait_until(sub {
+	q1("SELECT last_error FROM courier.outbox_stats WHERE outbox = 'v3locked'::regclass")
+	  =~ /could not discover the Kafka cluster id .*HTTP 401/ }, timeout => 60, what => 'discovery failure shown'),
+	'a refused discovery shows in last_error');
+is(CourierTest::pending($node, 'v3locked'), '1', 'the event waits');
+$sink->clear_faults;
+ok(CourierTest::wait_until(sub { CourierTest::pending($node, 'v3locked') == 0 }, timeout => 60,
+	what => 'v3locked drained'), 'once the proxy answers, the cluster is discovered and the event delivered');
+is(q1("SELECT count(*) FROM courier.dead_letters WHERE outbox = 'v3locked'::regclass"), '0', 'no dead letter');
+
 is($sink->stats->{internal_errors}, 0, 'the sink had no internal errors');
 $sink->stop;
 $node->stop;
