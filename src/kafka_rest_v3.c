@@ -12,7 +12,8 @@
  * producer's), values JSON, and the row's headers become Kafka headers.
  * When the value is a CloudEvent, the header content-type says so
  * (application/cloudevents+json: the CloudEvents Kafka binding's structured
- * mode) and a row header of that name is not passed (it would contradict).
+ * mode), and row headers of that name or named ce_* (the binding's binary
+ * mode attributes) are not passed: they would contradict the value.
  *
  * The cluster id is the cluster_id option, or discovered with GET
  * {base}/v3/clusters (a request of the worker's like any other, under the
@@ -105,7 +106,9 @@ append_headers(StringInfo buf, const OutboxState *ob, const OutboxRow *r)
 			if (colon == NULL)
 				continue;
 			*colon = '\0';
-			if (ob->kafka_envelope && pg_strcasecmp(line, "content-type") == 0)
+			/* with a CloudEvent value, the binding's own headers would contradict it */
+			if (ob->kafka_envelope &&
+				(pg_strcasecmp(line, "content-type") == 0 || pg_strncasecmp(line, "ce_", 3) == 0))
 				continue;
 			value = colon + 1;
 			while (*value == ' ')

@@ -27,7 +27,7 @@ $sink->config(order_field => 'n', record_data => JSON::PP::true);
 $sink->faults({ seed => 7, kafka_record_errors => { code => 50003, rate => 0.3, count => 40 } });
 q1(qq{SELECT courier.create_outbox('v3', '$url', 'kafka_rest_v3', '{"topic": "orders", "batch_size": 50, $fast}');
 	  SELECT count(courier.send('v3', jsonb_build_object('n', i), 'k' || (i % 15), NULL,
-	                            jsonb_build_object('X-Trace', 't-' || i, 'Content-Type', 'text/plain')))
+	                            jsonb_build_object('X-Trace', 't-' || i, 'Content-Type', 'text/plain', 'ce_id', 'spoofed')))
 	    FROM generate_series(1, 300) i});
 ok(CourierTest::wait_until(sub { CourierTest::pending($node, 'v3') == 0 }, timeout => 120, what => 'v3 drained'),
 	'300 events delivered through records:batch');
@@ -46,10 +46,11 @@ for my $e (@$events)
 	my %h;
 	push @{ $h{ lc $_->{name} } }, $_->{value} for @{ $e->{kafka}{headers} // [] };
 	$bad_headers++ unless @{ $h{'content-type'} // [] } == 1 && $h{'content-type'}[0] eq 'application/cloudevents+json'
-	  && @{ $h{'x-trace'} // [] } == 1 && $h{'x-trace'}[0] eq "t-$e->{data}{n}";
+	  && @{ $h{'x-trace'} // [] } == 1 && $h{'x-trace'}[0] eq "t-$e->{data}{n}"
+	  && !(grep { /^ce_/ } keys %h);
 	$bad_keys++ unless decode_base64($e->{kafka}{key_bytes} // '') eq 'k' . ($e->{data}{n} % 15);
 }
-is($bad_headers, 0, "every record has content-type application/cloudevents+json (once) and its row's X-Trace header");
+is($bad_headers, 0, "every record has content-type application/cloudevents+json (once), its row's X-Trace header, and no ce_ header");
 is($bad_keys, 0, 'every key reached Kafka as its own bytes (STRING)');
 
 # the official CloudEvents SDK, Kafka binding, over every record
