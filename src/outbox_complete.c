@@ -240,12 +240,16 @@ classify_kafka(const Delivery *d, Outcome *o)
 			outcome_fail(o, d, i, req->status, "the Kafka REST response does not mention this record", -1, false);
 			continue;
 		}
+		if (courier_kafka_class(codes[i]) == COURIER_KAFKA_WRITTEN)
+		{
+			outcome_written(o, d, i);
+			continue;
+		}
 		error = psprintf("Kafka error_code %d%s%s", codes[i], err[0] ? ": " : "", clip_to_characters(err));
 		switch (courier_kafka_class(codes[i]))
 		{
 			case COURIER_KAFKA_WRITTEN:
-				outcome_written(o, d, i);
-				break;
+				break;			/* (above) */
 			case COURIER_KAFKA_REFUSED:
 				outcome_refused(o, d, i, req->status, error);
 				break;
