@@ -713,5 +713,83 @@ BEGIN
         n := n + 1;
     END LOOP;
     RETURN n / 2;
+
+------------------------------------------------------------------------------------------------------
+-- Issue 12, part K: Kafka REST as the real proxies speak it (v2's embedded formats, v3 records:batch)
+------------------------------------------------------------------------------------------------------
+
+-- The new format.
+ALTER TABLE courier.outboxes DROP CONSTRAINT outboxes_format_check;
+ALTER TABLE courier.outboxes ADD CONSTRAINT outboxes_format_check
+    CHECK (format IN ('cloudevents', 'kafka_rest_v2', 'kafka_rest_v3'));
+
+CREATE OR REPLACE FUNCTION courier._outbox_check_args(endpoint text, format text, options jsonb) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF endpoint IS NULL OR format IS NULL THEN
+        RAISE EXCEPTION 'outbox name, endpoint and format must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF format NOT IN ('cloudevents', 'kafka_rest_v2', 'kafka_rest_v3') THEN
+        RAISE EXCEPTION 'unknown outbox format "%"', format
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''cloudevents'', ''kafka_rest_v2'' or ''kafka_rest_v3''.';
+    END IF;
+    PERFORM courier._validate_endpoint(endpoint, format);
+    PERFORM courier._validate_options(COALESCE(options, '{}'), format);
+END
+$$;
+
+-- The Kafka options are checked here and the others by the general checks, renamed
+-- _validate_options_general (they do not know the Kafka options' names).
+ALTER FUNCTION courier._validate_options(jsonb, text) RENAME TO _validate_options_general;
+
+CREATE FUNCTION courier._validate_options(options jsonb, format text)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    msg text;
+    hint text;
+BEGIN
+    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+        PERFORM courier._validate_options_general(options, format);
+        RETURN;
+    END IF;
+    BEGIN
+        PERFORM courier._validate_options_general(options - 'embedded_format' - 'cluster_id', format);
+    EXCEPTION WHEN invalid_parameter_value THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+        -- the list of known options names these too
+        IF hint LIKE 'Known options: %' THEN
+            SELECT 'Known options: ' || string_agg(x, ', ' ORDER BY x) INTO hint
+              FROM unnest(string_to_array(substr(hint, 16), ', ') || ARRAY['cluster_id', 'embedded_format']) x;
+        END IF;
+        IF hint IS NULL OR hint = '' THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = msg;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = msg, HINT = hint;
+    END;
+    IF options ? 'embedded_format' AND (format <> 'kafka_rest_v2'
+                                        OR options -> 'embedded_format' NOT IN ('"json"', '"binary"')) THEN
+        RAISE EXCEPTION 'outbox option "embedded_format" must be ''json'' or ''binary'', for the kafka_rest_v2 format'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'binary sends key and value as base64 bytes, so a key reaches Kafka as itself (see doc/outbox.md).';
+    END IF;
+    IF options ? 'cluster_id' AND (format <> 'kafka_rest_v3' OR jsonb_typeof(options -> 'cluster_id') <> 'string'
+                                   OR options ->> 'cluster_id' !~ '^[A-Za-z0-9_-]{1,64}$') THEN
+        RAISE EXCEPTION 'outbox option "cluster_id" must be a Kafka cluster id (1 to 64 of A-Z a-z 0-9 _ -), for the kafka_rest_v3 format'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Leave it out to have it discovered with GET /v3/clusters.';
+    END IF;
+    IF format = 'kafka_rest_v3' AND options ? 'batch' THEN
+        RAISE EXCEPTION 'outbox option "batch" applies to the cloudevents format only'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'kafka_rest_v3 always sends records in batches.';
+    END IF;
+    -- Kafka's topic names: 1 to 249 of [a-zA-Z0-9._-], and not "." or ".." (path steps in a URL)
+    IF format LIKE 'kafka_rest_%' AND options ? 'topic'
+       AND (options ->> 'topic' !~ '^[a-zA-Z0-9._-]{1,249}$' OR options ->> 'topic' IN ('.', '..')) THEN
+        RAISE EXCEPTION 'outbox option "topic" is not a valid Kafka topic name: "%"', options ->> 'topic'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Kafka topic names are 1 to 249 of a-z A-Z 0-9 . _ -, and neither "." nor "..".';
+    END IF;
 END
 $$;

@@ -116,4 +116,13 @@ courier_find_guc(const char *name)
 }
 #endif
 
+/* 18 made base64's byte arguments uint8. */
+#if PG_VERSION_NUM >= 180000
+#define courier_b64_encode(src, len, dst, dstlen) \
+	pg_b64_encode((const uint8 *) (src), (len), (dst), (dstlen))
+#else
+#define courier_b64_encode(src, len, dst, dstlen) \
+	pg_b64_encode((src), (len), (dst), (dstlen))
+#endif
+
 #endif							/* COURIER_COMPAT_H */

@@ -216,7 +216,8 @@ get_easy(void)
 
 /*
  * courier_http_post
- *		Start a POST; it runs while courier_http_poll() is called.
+ *		Start a POST (or a GET, o->get: same policy, limits and callbacks);
+ *		it runs while courier_http_poll() is called.
  */
 CourierHttpRequest *
 courier_http_post(const CourierHttpOptions *o, void *owner)
@@ -233,8 +234,11 @@ courier_http_post(const CourierHttpOptions *o, void *owner)
 	initStringInfo(&req->response);
 	MemoryContextSwitchTo(old);
 
-	snprintf(line, sizeof(line), "Content-Type: %s", o->content_type);
-	h = curl_slist_append(h, line);
+	if (o->content_type)
+	{
+		snprintf(line, sizeof(line), "Content-Type: %s", o->content_type);
+		h = curl_slist_append(h, line);
+	}
 	if (o->accept)
 	{
 		snprintf(line, sizeof(line), "Accept: %s", o->accept);
@@ -247,9 +251,14 @@ courier_http_post(const CourierHttpOptions *o, void *owner)
 	req->headers = h;
 
 	curl_easy_setopt(easy, CURLOPT_URL, o->url);
-	curl_easy_setopt(easy, CURLOPT_POST, 1L);
-	curl_easy_setopt(easy, CURLOPT_POSTFIELDS, o->body);
-	curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) o->body_len);
+	if (o->get)
+		curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
+	else
+	{
+		curl_easy_setopt(easy, CURLOPT_POST, 1L);
+		curl_easy_setopt(easy, CURLOPT_POSTFIELDS, o->body);
+		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) o->body_len);
+	}
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, h);
 	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) o->timeout_ms);
 	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) o->timeout_ms);

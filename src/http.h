@@ -48,6 +48,7 @@ typedef struct CourierHttpOptions
 	bool		tls_verify;
 	const char *ca_file;
 	size_t		max_response;	/* bytes of the answer to keep; 0: COURIER_HTTP_MAX_RESPONSE */
+	bool		get;			/* a GET (no body, no content_type) rather than a POST */
 } CourierHttpOptions;
 
 extern void courier_http_init(void);

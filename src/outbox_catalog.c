@@ -128,13 +128,34 @@ refresh_query(void)
 					"      AND h.value OPERATOR(pg_catalog.!~) '[\\r\\n]'"
 					"      AND pg_catalog.lower(h.key) OPERATOR(pg_catalog.<>) ALL (ARRAY['content-type', 'content-length',"
 					"          'host', 'idempotency-key', 'transfer-encoding', 'connection', 'expect']::pg_catalog.text[])),"
-					"  c.relowner, o.options OPERATOR(pg_catalog.?) 'retention' "
+					"  c.relowner, o.options OPERATOR(pg_catalog.?) 'retention',"
+					"  COALESCE(" OPT("embedded_format") ", 'json') OPERATOR(pg_catalog.=) 'binary',"
+					"  " OPT("cluster_id") " "
 					"FROM %s.outboxes o"
 					"  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) o.outbox::pg_catalog.oid"
 					"  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace",
 					courier_schema_name());
 #undef OPT
 #undef CONCAT
+}
+
+/*
+ * set_cluster_option
+ *		Kafka REST v3's cluster_id option (NULL: discovered).  A value the
+ *		registration checks refused is ignored (a direct write bypassing
+ *		them cannot put text of its choice in the URL path).  A discovered
+ *		id is kept until the proxy answers 404 for it (outbox_complete.c).
+ */
+static void
+set_cluster_option(OutboxState *ob, char *value)
+{
+	ob->cluster_option = (value && courier_valid_cluster_id(value))
+		? MemoryContextStrdup(ob->settings, value) : NULL;
+	if (ob->cluster_found && ob->format != COURIER_FORMAT_KAFKA_REST_V3)
+	{
+		pfree(ob->cluster_found);
+		ob->cluster_found = NULL;
+	}
 }
 
 /*
@@ -195,7 +216,8 @@ courier_refresh_outboxes(List **outboxes)
 		ob->endpoint = state_text(tup, desc, 3, ob->settings);
 		ob->endpoint_shown = MemoryContextStrdup(ob->settings, courier_redact_text(ob->endpoint));
 		format = state_text(tup, desc, 4, CurrentMemoryContext);
-		ob->format = strcmp(format, "kafka_rest_v2") == 0 ? COURIER_FORMAT_KAFKA_REST_V2 : COURIER_FORMAT_CLOUDEVENTS;
+		ob->format = strcmp(format, "kafka_rest_v2") == 0 ? COURIER_FORMAT_KAFKA_REST_V2 :
+			strcmp(format, "kafka_rest_v3") == 0 ? COURIER_FORMAT_KAFKA_REST_V3 : COURIER_FORMAT_CLOUDEVENTS;
 		ob->enabled = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
 		ob->ce_batch = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 		ob->batch_size = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
@@ -220,6 +242,8 @@ courier_refresh_outboxes(List **outboxes)
 		ob->retain = DatumGetBool(SPI_getbinval(tup, desc, 20, &isnull));
 		if (ob->fetch_plan && ob->plans_retain != ob->retain)
 			courier_free_plans(ob);
+		ob->kafka_binary = DatumGetBool(SPI_getbinval(tup, desc, 21, &isnull));
+		set_cluster_option(ob, SPI_getvalue(tup, desc, 22));
 		/* health: the table's shape, and a retry when a broken outbox's registration changed */
 		courier_health_refreshed(ob, tup, desc);
 	}

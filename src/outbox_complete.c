@@ -5,7 +5,7 @@
  *	  the others get their failure recorded and a retry time.
  *
  * At least once.  A row is deleted only after the endpoint acknowledged it
- * (any 2xx; for Kafka REST, a null error_code in its offsets entry).  The
+ * (any 2xx; for Kafka REST, no error code for it in the answer).  The
  * deletes commit synchronously unless courier.synchronous_ack is off; then a
  * crash can forget the last acknowledgements and those rows are sent again,
  * with the same event id.  Either way a row is never removed without one.
@@ -52,6 +52,8 @@ typedef struct Outcome
 	RowList		retry;
 	RowList		dead;
 	const char *first_error;
+	bool		refused;		/* the endpoint refused our credentials: a breaker failure */
+	int			failed_requests;	/* failures without rows (v3 cluster discovery) */
 } Outcome;
 
 /*
@@ -170,6 +172,132 @@ outcome_init(Outcome *o, int n)
 }
 
 /*
+ * outcome_refused
+ *		Row i was refused because of our credentials (HTTP 401 / 403, Kafka
+ *		40101 / 40301): the endpoint's problem, not the event's.  Retried
+ *		with the backoff however many attempts it had (a rotated credential
+ *		must not send a stream to the dead letters), and the request counts
+ *		as a failure for the breaker.
+ */
+static void
+outcome_refused(Outcome *o, const Delivery *d, int i, long status, const char *what)
+{
+	RowList    *l = &o->retry;
+	char	   *error = psprintf("the endpoint refused our credentials (%s)", what);
+
+	((Delivery *) d)->result[i] = 'r';
+	l->ids[l->n] = Int64GetDatum(d->ids[i]);
+	l->status[l->n] = Int32GetDatum((int32) status);
+	l->error[l->n] = CStringGetTextDatum(error);
+	l->retry_after[l->n] = Int64GetDatum(-1);
+	l->n++;
+	o->refused = true;
+	if (o->first_error == NULL)
+		o->first_error = error;
+}
+
+/*
+ * outcome_written
+ *		Row i was acknowledged.
+ */
+static void
+outcome_written(Outcome *o, const Delivery *d, int i)
+{
+	o->ok_ids[o->nok++] = Int64GetDatum(d->ids[i]);
+	d->result[i] = 'o';
+}
+
+/*
+ * classify_kafka
+ *		Per-record outcomes of a Kafka REST answer (2xx): v2's offsets
+ *		(kafka_rest.c says how Confluent's and Redpanda's answers differ) or
+ *		v3's 207 successes and failures.  Codes are classified by
+ *		courier_kafka_class: 50002 (and 1) dead letter, 40101 / 40301
+ *		refused, 50003 (and 2) and the unknown retried.
+ */
+static void
+classify_kafka(const Delivery *d, Outcome *o)
+{
+	const CourierHttpRequest *req = d->req;
+	int		   *codes = palloc(sizeof(int) * d->nrows);
+	char		err[200];
+	bool		parsed;
+
+	parsed = d->ob->format == COURIER_FORMAT_KAFKA_REST_V3
+		? courier_parse_kafka_v3_batch(req->response.data, req->response.len, d->nrows, codes, err, sizeof(err))
+		: courier_parse_kafka_offsets(req->response.data, req->response.len, d->nrows, codes, err, sizeof(err));
+	for (int i = 0; i < d->nrows; i++)
+	{
+		char	   *error;
+
+		if (!parsed)
+		{
+			outcome_fail(o, d, i, req->status, err, -1, false);
+			continue;
+		}
+		if (codes[i] == -1)
+		{
+			outcome_fail(o, d, i, req->status, "the Kafka REST response does not mention this record", -1, false);
+			continue;
+		}
+		if (courier_kafka_class(codes[i]) == COURIER_KAFKA_WRITTEN)
+		{
+			outcome_written(o, d, i);
+			continue;
+		}
+		error = psprintf("Kafka error_code %d%s%s", codes[i], err[0] ? ": " : "", clip_to_characters(err));
+		switch (courier_kafka_class(codes[i]))
+		{
+			case COURIER_KAFKA_WRITTEN:
+				break;			/* (above) */
+			case COURIER_KAFKA_REFUSED:
+				outcome_refused(o, d, i, req->status, error);
+				break;
+			case COURIER_KAFKA_PERMANENT:
+				outcome_fail(o, d, i, req->status,
+							 psprintf("%s (not retriable: the record was not written)", error), -1, true);
+				break;
+			case COURIER_KAFKA_RETRY:
+				outcome_fail(o, d, i, req->status, error, -1, false);
+				break;
+		}
+	}
+}
+
+/* How long a failed cluster discovery waits before the next. */
+#define DISCOVERY_RETRY_MS	2000
+
+/*
+ * classify_discovery
+ *		The answer to GET /v3/clusters: remember the cluster id.  The
+ *		request carries no rows: a failure counts as one failed attempt
+ *		(last_error says what happened), counts for the breaker by its
+ *		status, and the next discovery waits DISCOVERY_RETRY_MS.
+ */
+static void
+classify_discovery(const Delivery *d, Outcome *o)
+{
+	const CourierHttpRequest *req = d->req;
+	OutboxState *ob = d->ob;
+	char		id[80];
+
+	ob->discovering = false;
+	if (req->status >= 200 && req->status < 300 &&
+		courier_parse_kafka_v3_clusters(req->response.data, req->response.len, id, sizeof(id)))
+		ob->cluster_found = MemoryContextStrdup(ob->cxt, id);
+	else
+	{
+		o->first_error = psprintf("could not discover the Kafka cluster id (GET /v3/clusters): %s",
+								  req->status >= 200 && req->status < 300
+								  ? "no usable cluster_id in the answer" : describe_failure(req));
+		o->failed_requests++;
+		ob->discover_after = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), DISCOVERY_RETRY_MS);
+	}
+	if (req->status == 401 || req->status == 403)
+		o->refused = true;
+}
+
+/*
  * classify
  *		Add a finished request's per-row outcomes to o.
  */
@@ -180,45 +308,47 @@ classify(const Delivery *d, Outcome *o)
 	bool		ok = (req->status >= 200 && req->status < 300);
 	long		retry_after = (req->status == 429 || req->status == 503) ? req->retry_after_ms : -1;
 
-	if (ok && d->ob->format == COURIER_FORMAT_KAFKA_REST_V2)
+	if (d->discovery)
 	{
-		int		   *codes = palloc(sizeof(int) * d->nrows);
-		char		err[200];
-
-		if (!courier_parse_kafka_offsets(req->response.data, req->response.len, d->nrows, codes,
-										 err, sizeof(err)))
-		{
-			for (int i = 0; i < d->nrows; i++)
-				outcome_fail(o, d, i, req->status, err, -1, false);
-			return;
-		}
-		for (int i = 0; i < d->nrows; i++)
-		{
-			if (codes[i] == 0)
-			{
-				o->ok_ids[o->nok++] = Int64GetDatum(d->ids[i]);
-				d->result[i] = 'o';
-			}
-			else				/* error_code 1 is non-retriable; 2 and others retriable */
-				outcome_fail(o, d, i, req->status,
-							 psprintf("Kafka error_code %d%s%s", codes[i], err[0] ? ": " : "",
-									  clip_to_characters(err)),
-							 -1, codes[i] == 1);
-		}
+		classify_discovery(d, o);
+		return;
+	}
+	if (ok && COURIER_FORMAT_IS_KAFKA(d->ob->format))
+	{
+		classify_kafka(d, o);
 		return;
 	}
 	if (ok)
 	{
 		for (int i = 0; i < d->nrows; i++)
-		{
-			o->ok_ids[o->nok++] = Int64GetDatum(d->ids[i]);
-			d->result[i] = 'o';
-		}
+			outcome_written(o, d, i);
 		return;
 	}
 	{
 		char	   *error = describe_failure(req);
 
+		/* every format: our credentials were refused, not the events */
+		if (req->status == 401 || req->status == 403)
+		{
+			for (int i = 0; i < d->nrows; i++)
+				outcome_refused(o, d, i, req->status, error);
+			return;
+		}
+		/*
+		 * v3: a 404 about the cluster is not about the events: retried; a
+		 * discovered id is stale and asked for again
+		 */
+		if (req->status == 404 && d->ob->format == COURIER_FORMAT_KAFKA_REST_V3 &&
+			strstr(error, "luster") != NULL)
+		{
+			if (d->ob->cluster_found != NULL)
+				pfree(d->ob->cluster_found);
+			d->ob->cluster_found = NULL;
+			for (int i = 0; i < d->nrows; i++)
+				outcome_fail(o, d, i, req->status, error, -1, false);
+			return;
+		}
+		/* (413, a request too large: part W splits the batch here) */
 		for (int i = 0; i < d->nrows; i++)
 			outcome_fail(o, d, i, req->status, error, retry_after, !retriable_status(req->status));
 	}
@@ -506,11 +636,13 @@ courier_complete(List *finished)
 						ndead = o.dead.n;
 
 			o.first_error = NULL;
+			o.refused = false;
+			o.failed_requests = 0;
 			classify(d, &o);
-			courier_counters_record(ob->counters, o.nok - nok, o.retry.n - nretry, o.dead.n - ndead,
-									o.first_error);
+			courier_counters_record(ob->counters, o.nok - nok, o.retry.n - nretry + o.failed_requests,
+									o.dead.n - ndead, o.first_error);
 			courier_breaker_record(ob->breaker,
-								   !(d->req->status == 0 || d->req->status == 408 || d->req->status == 425 ||
+								   !o.refused && !(d->req->status == 0 || d->req->status == 408 || d->req->status == 425 ||
 									 d->req->status == 429 || d->req->status >= 500),
 								   d->probe);
 		}

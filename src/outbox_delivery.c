@@ -43,7 +43,7 @@
 #define OB_BATCH(ob)	((ob)->batch_size > 0 ? (ob)->batch_size : courier_batch_size)
 #define OB_INFLIGHT(ob) ((ob)->max_inflight > 0 ? (ob)->max_inflight : courier_max_inflight)
 #define OB_TIMEOUT(ob)	((ob)->timeout_ms > 0 ? (ob)->timeout_ms : courier_http_timeout_ms)
-#define OB_BATCHED(ob)	((ob)->format == COURIER_FORMAT_KAFKA_REST_V2 || (ob)->ce_batch)
+#define OB_BATCHED(ob)	(COURIER_FORMAT_IS_KAFKA((ob)->format) || (ob)->ce_batch)
 
 /*
  * new_delivery
@@ -87,6 +87,8 @@ add_row(Delivery *d, const OutboxRow *r, uint32 keyhash)
 		initStringInfo(&d->body);
 		if (ob->format == COURIER_FORMAT_KAFKA_REST_V2)
 			appendStringInfoString(&d->body, "{\"records\":[");
+		else if (ob->format == COURIER_FORMAT_KAFKA_REST_V3)
+			appendStringInfoString(&d->body, "{\"entries\":[");
 		else if (ob->ce_batch)
 			appendStringInfoChar(&d->body, '[');
 	}
@@ -95,6 +97,8 @@ add_row(Delivery *d, const OutboxRow *r, uint32 keyhash)
 
 	if (ob->format == COURIER_FORMAT_KAFKA_REST_V2)
 		courier_format_kafka_record(&d->body, ob, r);
+	else if (ob->format == COURIER_FORMAT_KAFKA_REST_V3)
+		courier_format_kafka_v3_entry(&d->body, ob, r, d->nrows);
 	else
 		courier_format_cloudevent(&d->body, ob, r);
 
@@ -136,16 +140,25 @@ start_delivery(Delivery *d)
 	CourierHttpOptions o = {0};
 	MemoryContext old = MemoryContextSwitchTo(d->cxt);
 
-	if (ob->format == COURIER_FORMAT_KAFKA_REST_V2)
+	if (d->discovery)
 	{
-		size_t		n = strlen(ob->endpoint);
-
+		d->url = courier_kafka_url(ob->endpoint, "/v3/clusters");
+		o.get = true;
+		o.accept = "application/json";
+	}
+	else if (ob->format == COURIER_FORMAT_KAFKA_REST_V2)
+	{
 		appendStringInfoString(&d->body, "]}");
-		while (n > 0 && ob->endpoint[n - 1] == '/')
-			n--;
-		d->url = psprintf("%.*s/topics/%s", (int) n, ob->endpoint, d->topic);
-		o.content_type = "application/vnd.kafka.json.v2+json";
+		d->url = courier_kafka_url(ob->endpoint, psprintf("/topics/%s", d->topic));
+		o.content_type = ob->kafka_binary ? "application/vnd.kafka.binary.v2+json" : "application/vnd.kafka.json.v2+json";
 		o.accept = "application/vnd.kafka.v2+json";
+	}
+	else if (ob->format == COURIER_FORMAT_KAFKA_REST_V3)
+	{
+		appendStringInfoString(&d->body, "]}");
+		d->url = courier_kafka_v3_url(ob, d->topic);
+		o.content_type = "application/json";
+		o.accept = "application/json";
 	}
 	else
 	{
@@ -157,6 +170,9 @@ start_delivery(Delivery *d)
 		o.max_response = COURIER_HTTP_EXCERPT_RESPONSE;
 	}
 	MemoryContextSwitchTo(old);
+	/* (the endpoint was checked when registered: libcurl parses it as it did then) */
+	if (d->url == NULL)
+		d->url = ob->endpoint;
 
 	o.url = d->url;
 	o.body = d->body.data;
@@ -181,7 +197,7 @@ open_delivery_for(OutboxState *ob, List **open, const OutboxRow *r, int *budget)
 {
 	ListCell   *lc;
 	Delivery   *d;
-	bool		kafka = (ob->format == COURIER_FORMAT_KAFKA_REST_V2);
+	bool		kafka = COURIER_FORMAT_IS_KAFKA(ob->format);
 
 	foreach(lc, *open)
 	{
@@ -263,6 +279,10 @@ courier_dispatch_possible(OutboxState *ob)
 
 	if (!ob->enabled || OB_INFLIGHT(ob) <= ob->inflight || (next != 0 && now < next) ||
 		ob->shape_problem || courier_health_resting(&ob->delivery, now))
+		return false;
+	/* Kafka REST v3 without its cluster id: only a discovery could start, when due */
+	if (ob->format == COURIER_FORMAT_KAFKA_REST_V3 && courier_kafka_v3_cluster(ob) == NULL &&
+		(ob->discovering || now < ob->discover_after))
 		return false;
 	/* is there anything to read?  (the commit count is read before the snapshot) */
 	ob->commits = ob->counters ? pg_atomic_read_u64(&ob->counters->commits) : 0;
@@ -487,6 +507,29 @@ next_retry_at(OutboxState *ob)
 }
 
 /*
+ * discover_cluster
+ *		Kafka REST v3 without a cluster_id option: ask the proxy (GET
+ *		{base}/v3/clusters, a request without rows under the breaker and the
+ *		endpoint policy like the others); rows wait until it answers.
+ */
+static bool
+discover_cluster(OutboxState *ob)
+{
+	Delivery   *d;
+	int			admitted;
+
+	if (ob->discovering || GetCurrentTimestamp() < ob->discover_after ||
+		(admitted = courier_breaker_admit(ob->breaker)) == 0)
+		return false;
+	d = new_delivery(ob, 1, NULL);
+	d->discovery = true;
+	d->probe = (admitted == 1);
+	ob->discovering = true;
+	start_delivery(d);
+	return false;
+}
+
+/*
  * courier_dispatch
  *		Read ready rows of one outbox and start requests for them, within the
  *		outbox's in-flight budget: first rows that were parked behind keys
@@ -526,6 +569,8 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	dp.budget = OB_INFLIGHT(ob) - ob->inflight;
 	if (!ob->enabled || dp.budget <= 0)
 		return false;
+	if (ob->format == COURIER_FORMAT_KAFKA_REST_V3 && courier_kafka_v3_cluster(ob) == NULL)
+		return discover_cluster(ob);
 
 	/* an open breaker sends nothing (rows keep their attempts); half-open sends one probe */
 	admitted = courier_breaker_admit(ob->breaker);

@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * outbox_format.c
- *	  Wire formats: CloudEvents 1.0 structured JSON and Kafka REST Proxy v2
- *	  produce records, and the parser of the Kafka REST produce response.
+ *	  Wire formats: CloudEvents 1.0 structured JSON (Kafka REST records are
+ *	  in kafka_rest.c and kafka_rest_v3.c), and the judge of outbox rows.
  *
  * Rows come from tables their owners control, with any constraint dropped:
  * courier_decode_row() turns a fetched row into an OutboxRow and judges
@@ -12,17 +12,13 @@
  * naming the column; the caller moves it to the dead letters.
  *
  * Bodies are assembled as text: the payload is already JSON (jsonb's output)
- * and strings go through escape_json().  The response is parsed with
- * PostgreSQL's own incremental JSON parser, which reports malformed input
- * as a return code instead of throwing: a bad answer from an endpoint is a
- * failed delivery, never an error in the worker.
+ * and strings go through escape_json().
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/detoast.h"
-#include "common/jsonapi.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "utils/datetime.h"
@@ -128,7 +124,7 @@ courier_decode_row(HeapTuple tup, TupleDesc desc, const OutboxState *ob, OutboxR
 		r->unsendable = problem;
 		return;
 	}
-	if (ob->format == COURIER_FORMAT_KAFKA_REST_V2 && !courier_valid_kafka_topic(r->topic))
+	if (COURIER_FORMAT_IS_KAFKA(ob->format) && !courier_valid_kafka_topic(r->topic))
 	{
 		r->unsendable = "invalid Kafka topic name";
 		return;
@@ -188,176 +184,4 @@ courier_format_cloudevent(StringInfo buf, const OutboxState *ob, const OutboxRow
 	appendStringInfoString(buf, ",\"datacontenttype\":\"application/json\",\"data\":");
 	appendStringInfoString(buf, r->payload);
 	appendStringInfoChar(buf, '}');
-}
-
-/*
- * courier_format_kafka_record
- *		Append one record of a Kafka REST v2 JSON produce request.  The value
- *		is the CloudEvent (Kafka protocol binding, structured mode) so that
- *		the event id travels with it, unless the outbox asks for raw payloads.
- */
-void
-courier_format_kafka_record(StringInfo buf, const OutboxState *ob, const OutboxRow *r)
-{
-	appendStringInfoString(buf, "{\"key\":");
-	if (r->key)
-		escape_json(buf, r->key);
-	else
-		appendStringInfoString(buf, "null");
-	appendStringInfoString(buf, ",\"value\":");
-	if (ob->kafka_envelope)
-		courier_format_cloudevent(buf, ob, r);
-	else
-		appendStringInfoString(buf, r->payload);
-	appendStringInfoChar(buf, '}');
-}
-
-/*
- * courier_valid_kafka_topic
- *		Kafka's topic name rule: 1 to 249 of [a-zA-Z0-9._-].
- */
-bool
-courier_valid_kafka_topic(const char *topic)
-{
-	size_t		n = strlen(topic);
-
-	if (n == 0 || n > 249)
-		return false;
-	return strspn(topic, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
-}
-
-/* (JSON semantic callbacks: COURIER_JSON_CB_TYPE / _RETURN, compat.h) */
-#define JSON_CB_TYPE COURIER_JSON_CB_TYPE
-#define JSON_CB_RETURN COURIER_JSON_CB_RETURN
-
-/* Parser state for {"offsets":[{"error_code":..,"error":..}, ...]} */
-typedef struct OffsetsParse
-{
-	int			depth;
-	bool		in_offsets;		/* inside the top-level "offsets" array */
-	int			index;			/* current element of offsets */
-	const char *field;			/* current field name inside an element */
-	int			nrecords;
-	int		   *codes;
-	int			seen;
-	char	   *errbuf;
-	int			errlen;
-} OffsetsParse;
-
-static JSON_CB_TYPE
-op_object_start(void *state)
-{
-	((OffsetsParse *) state)->depth++;
-	JSON_CB_RETURN;
-}
-
-static JSON_CB_TYPE
-op_object_end(void *state)
-{
-	((OffsetsParse *) state)->depth--;
-	JSON_CB_RETURN;
-}
-
-static JSON_CB_TYPE
-op_array_start(void *state)
-{
-	((OffsetsParse *) state)->depth++;
-	JSON_CB_RETURN;
-}
-
-static JSON_CB_TYPE
-op_array_end(void *state)
-{
-	OffsetsParse *p = state;
-
-	if (p->depth == 2)
-		p->in_offsets = false;
-	p->depth--;
-	JSON_CB_RETURN;
-}
-
-static JSON_CB_TYPE
-op_field_start(void *state, char *fname, bool isnull)
-{
-	OffsetsParse *p = state;
-
-	if (p->depth == 1 && strcmp(fname, "offsets") == 0)
-		p->in_offsets = true;
-	else if (p->depth == 3 && p->in_offsets)
-		p->field = fname;
-	JSON_CB_RETURN;
-}
-
-static JSON_CB_TYPE
-op_element_start(void *state, bool isnull)
-{
-	OffsetsParse *p = state;
-
-	if (p->depth == 2 && p->in_offsets)
-	{
-		p->index = p->seen++;
-		if (p->index < p->nrecords)
-			p->codes[p->index] = 0;
-	}
-	JSON_CB_RETURN;
-}
-
-static JSON_CB_TYPE
-op_scalar(void *state, char *token, JsonTokenType type)
-{
-	OffsetsParse *p = state;
-
-	if (p->depth != 3 || !p->in_offsets || p->field == NULL || p->index >= p->nrecords)
-		JSON_CB_RETURN;
-	if (strcmp(p->field, "error_code") == 0 && type == JSON_TOKEN_NUMBER)
-		p->codes[p->index] = atoi(token);
-	else if (strcmp(p->field, "error") == 0 && type == JSON_TOKEN_STRING && p->errbuf[0] == '\0')
-		strlcpy(p->errbuf, token, p->errlen);
-	JSON_CB_RETURN;
-}
-
-/*
- * courier_parse_kafka_offsets
- *		Read the per-record outcome of a Kafka REST v2 produce response:
- *		codes[i] = 0 when record i was written, else its error_code.  Returns
- *		false when the body is not a well-formed answer for nrecords records.
- */
-bool
-courier_parse_kafka_offsets(const char *json, int len, int nrecords, int *codes, char *errbuf, int errlen)
-{
-	OffsetsParse p = {0};
-	JsonSemAction sem = {0};
-	JsonLexContext *lex;
-	JsonParseErrorType rc;
-
-	p.nrecords = nrecords;
-	p.codes = codes;
-	p.errbuf = errbuf;
-	p.errlen = errlen;
-	errbuf[0] = '\0';
-	for (int i = 0; i < nrecords; i++)
-		codes[i] = -1;			/* -1: no entry for this record */
-
-	sem.semstate = &p;
-	sem.object_start = op_object_start;
-	sem.object_end = op_object_end;
-	sem.array_start = op_array_start;
-	sem.array_end = op_array_end;
-	sem.object_field_start = op_field_start;
-	sem.array_element_start = op_element_start;
-	sem.scalar = op_scalar;
-
-	lex = courier_json_lexer(json, len);
-	rc = pg_parse_json(lex, &sem);
-	if (rc != JSON_SUCCESS)
-	{
-		strlcpy(errbuf, "malformed JSON in the Kafka REST response", errlen);
-		return false;
-	}
-	if (p.seen != nrecords)
-	{
-		snprintf(errbuf, errlen, "Kafka REST response has %d offsets for %d records", p.seen, nrecords);
-		return false;
-	}
-	return true;
 }

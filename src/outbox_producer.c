@@ -647,7 +647,7 @@ courier_validate_endpoint(PG_FUNCTION_ARGS)
 				 ? errmsg("invalid endpoint URL \"%s\": %s", courier_redact_text(url), problem)
 				 : errmsg("invalid endpoint URL: %s", problem),
 				 errhint("Use an absolute URL such as https://hooks.example.com/events%s.",
-						 strcmp(text_to_cstring(PG_GETARG_TEXT_PP(1)), "kafka_rest_v2") == 0
+						 strncmp(text_to_cstring(PG_GETARG_TEXT_PP(1)), "kafka_rest_", 11) == 0
 						 ? " (for Kafka REST: the proxy's base URL, e.g. http://kafka-rest:8082)" : "")));
 	PG_RETURN_VOID();
 }

@@ -21,8 +21,21 @@
 typedef enum CourierFormat
 {
 	COURIER_FORMAT_CLOUDEVENTS,
-	COURIER_FORMAT_KAFKA_REST_V2
+	COURIER_FORMAT_KAFKA_REST_V2,
+	COURIER_FORMAT_KAFKA_REST_V3
 } CourierFormat;
+
+#define COURIER_FORMAT_IS_KAFKA(f) \
+	((f) == COURIER_FORMAT_KAFKA_REST_V2 || (f) == COURIER_FORMAT_KAFKA_REST_V3)
+
+/* What a Kafka REST error code asks of us (kafka_rest.c). */
+typedef enum CourierKafkaClass
+{
+	COURIER_KAFKA_WRITTEN,		/* no error: the record was written */
+	COURIER_KAFKA_RETRY,		/* not written; sending it again may succeed */
+	COURIER_KAFKA_PERMANENT,	/* not written, and never will be: dead letter */
+	COURIER_KAFKA_REFUSED		/* authentication or authorization: the endpoint's problem */
+} CourierKafkaClass;
 
 /* busy_keys entry: rows of a key in flight */
 typedef struct BusyKey
@@ -83,6 +96,11 @@ typedef struct OutboxState
 	CourierFormat format;
 	bool		ce_batch;
 	bool		kafka_envelope; /* Kafka value is a CloudEvent (carries the id) */
+	bool		kafka_binary;	/* v2: embedded_format 'binary' (base64 key and value bytes) */
+	char	   *cluster_option; /* v3: the cluster_id option, or NULL (settings) */
+	char	   *cluster_found;	/* v3: discovered with GET /v3/clusters, or NULL (cxt) */
+	bool		discovering;	/* v3: that GET is in flight */
+	TimestampTz discover_after; /* v3: not before this (after a failed discovery) */
 	bool		enabled;
 	int			batch_size;
 	int			max_inflight;
@@ -162,6 +180,7 @@ typedef struct Delivery
 	int			nextra;
 	CourierHttpRequest *req;
 	bool		probe;			/* the half-open breaker's probe */
+	bool		discovery;		/* v3: GET /v3/clusters, carrying no rows */
 } Delivery;
 
 /* outbox_worker.c: what lives as long as the worker (outbox states, deliveries) */
@@ -170,10 +189,24 @@ extern PGDLLIMPORT MemoryContext courier_worker_context;
 /* outbox_format.c */
 extern void courier_decode_row(HeapTuple tup, TupleDesc desc, const OutboxState *ob, OutboxRow *r);
 extern void courier_format_cloudevent(StringInfo buf, const OutboxState *ob, const OutboxRow *r);
-extern void courier_format_kafka_record(StringInfo buf, const OutboxState *ob, const OutboxRow *r);
+
+/* kafka_rest.c: what Kafka REST v2 and v3 share, and v2 itself */
 extern bool courier_valid_kafka_topic(const char *topic);
+extern char *courier_kafka_url(const char *endpoint, const char *suffix);
+extern CourierKafkaClass courier_kafka_class(int code);
+extern void courier_append_base64(StringInfo buf, const char *data, int len);
+extern void courier_format_kafka_record(StringInfo buf, const OutboxState *ob, const OutboxRow *r);
 extern bool courier_parse_kafka_offsets(const char *json, int len, int nrecords, int *codes,
 										char *errbuf, int errlen);
+
+/* kafka_rest_v3.c */
+extern const char *courier_kafka_v3_cluster(const OutboxState *ob);
+extern void courier_format_kafka_v3_entry(StringInfo buf, const OutboxState *ob, const OutboxRow *r, int index);
+extern char *courier_kafka_v3_url(const OutboxState *ob, const char *topic);
+extern bool courier_parse_kafka_v3_batch(const char *json, int len, int nrecords, int *codes,
+										 char *errbuf, int errlen);
+extern bool courier_parse_kafka_v3_clusters(const char *json, int len, char *id, int idlen);
+extern bool courier_valid_cluster_id(const char *id);
 
 /* outbox_statements.c */
 extern void courier_make_plans(OutboxState *ob);

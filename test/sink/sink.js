@@ -44,7 +44,8 @@ const now = () => performance.timeOrigin + performance.now();
 
 // ---------------------------------------------------------------- state
 const config = { record_data: true, order_field: null, id_field: null, latency_field: null,
-  topics: null, ce_success_status: 200, require_headers: null };
+  topics: null, ce_success_status: 200, require_headers: null,
+  kafka_shape: 'confluent', cluster_id: 'sink-cluster-1' };
 const FMT = ['ce', 'ce-batch', 'kafka'];
 const FMT_CE = 0, FMT_BATCH = 1, FMT_KAFKA = 2;
 
@@ -61,6 +62,7 @@ function newRecords() {
   const cap = 1024;
   return { n: 0, cap, t: new Float64Array(cap), off: new Float64Array(cap), part: new Int32Array(cap),
     topic: new Int32Array(cap), fmt: new Uint8Array(cap), id: [], key: [], data: [],
+    kafka: [],            // Kafka records: {key_bytes (base64), headers, value}, while record_data
     seen: new Map(),      // id -> receipt count (dedup, /ids, /count)
     lastOrder: new Map(), // key -> highest order value among first receipts
     lat: new Float64Array(cap), latN: 0 };
@@ -88,13 +90,14 @@ function orderValue(v) {
 }
 
 // Append one accepted event. Hot path: keep it allocation-light.
-function record(t, fmt, id, key, topic, data, part, off, ev) {
+function record(t, fmt, id, key, topic, data, part, off, ev, kafka) {
   const r = rec;
   if (r.n === r.cap) grow(r);
   const i = r.n++;
   r.t[i] = t; r.fmt[i] = fmt; r.part[i] = part; r.off[i] = off; r.topic[i] = internTopic(topic);
   r.id.push(id); r.key.push(key);
   if (config.record_data) r.data[i] = data;
+  if (config.record_data && kafka !== undefined) r.kafka[i] = kafka;
   counters.accepted++; counters.formats[FMT[fmt]]++; counters.last_receipt_t = t;
   const c = r.seen.get(id);
   if (c !== undefined) { r.seen.set(id, c + 1); counters.duplicates++; return; } // redelivery: legal
@@ -136,6 +139,13 @@ function epochMs(v) {
 }
 
 // ---------------------------------------------------------------- fault plan
+// Per-record codes: Confluent's kafka-rest (50002 non-retriable, 50003 retriable, 40101
+// authentication, 40301 authorization) and very old proxies' 1 (non-retriable) and 2 (retriable).
+const KAFKA_RECORD_CODES = new Set([1, 2, 50002, 50003, 40101, 40301]);
+const KAFKA_RECORD_TEXT = { 1: 'injected non-retriable error', 2: 'injected retriable error',
+  50002: 'RecordTooLargeException: injected non-retriable error',
+  50003: 'NotEnoughReplicasException: injected retriable error',
+  40101: 'Authentication failed (injected)', 40301: 'Not authorized to access topics (injected)' };
 const FAULT_KINDS = ['down', 'status', 'delay_ms', 'reset', 'accept_then_fail', 'kafka_record_errors'];
 let plan = null, planSpec = null;
 let rng = Math.random;
@@ -172,7 +182,8 @@ function compilePlan(spec) {
       if (!(f.ms >= 0 && f.ms <= 600000)) throw new Error('delay_ms.ms must be within 0..600000');
     } else if (k === 'kafka_record_errors') {
       f.code = Number(s.code === undefined ? 2 : s.code);
-      if (f.code !== 1 && f.code !== 2) throw new Error('kafka_record_errors.code must be 1 or 2');
+      if (!KAFKA_RECORD_CODES.has(f.code))
+        throw new Error(`kafka_record_errors.code must be one of ${[...KAFKA_RECORD_CODES].join(', ')}`);
     }
     p[k] = f;
   }
@@ -337,17 +348,19 @@ function internalError(res, e) {
 function dispatch(req, res, body, entry) {
   const q = req.url.indexOf('?');
   const path = q < 0 ? req.url : req.url.slice(0, q);
-  const km = KAFKA_ROUTE.exec(path);
+  const v3c = V3_CLUSTERS.exec(path), v3b = V3_BATCH.exec(path);
+  const km = v3c || v3b ? null : KAFKA_ROUTE.exec(path);
   let topic = null;
   if (km) { try { topic = decodeURIComponent(km[2]); } catch (_) { topic = km[2]; } }
+  if (v3b) topic = v3b[3];
   const ct = mediaType(req.headers['content-type']);
-  const format = km ? 'kafka' : ct.type === 'application/cloudevents-batch+json' ? 'ce-batch' : 'ce';
+  const format = km || v3c || v3b ? 'kafka' : ct.type === 'application/cloudevents-batch+json' ? 'ce-batch' : 'ce';
   entry.format = format;
 
   // Parse once up front: fault matching by CE type needs the body, validation reuses it.
   let parsed, parseErr = null;
   if (body.length) { try { parsed = JSON.parse(body.toString('utf8')); } catch (e) { parseErr = e.message; } }
-  else parseErr = 'empty body';
+  else if (!v3c) parseErr = 'empty body';
   const ctx = { format, path, hasTopic: (t) => {
     if (format === 'kafka') return t === topic;
     if (Array.isArray(parsed)) return parsed.some((e) => e && e.type === t);
@@ -364,6 +377,8 @@ function dispatch(req, res, body, entry) {
     else if (fire(p.reset, ctx)) reply = () => resetSocket(req.socket);
     else if (fire(p.status, ctx)) reply = () => sendInjected(res, p.status, ctx);
   }
+  if (reply === null && v3c) reply = handleV3Clusters(req, res);
+  if (reply === null && v3b) reply = handleV3Batch(req, res, ct, parsed, parseErr, v3b[2], topic, t, p, ctx);
   if (reply === null) reply = format === 'kafka'
     ? handleKafka(req, res, ct, parsed, parseErr, topic, t, p, ctx)
     : handleCE(req, res, ct, format, parsed, parseErr, t, p, ctx);
@@ -465,8 +480,7 @@ function handleKafka(req, res, ct, parsed, parseErr, topic, t, p, ctx) {
   for (let i = 0; i < records.length; i++) {
     const r = records[i];
     if (kre !== undefined && fire(kre, ctx)) {
-      out[i] = { partition: null, offset: null, error_code: kre.code,
-        error: kre.code === 1 ? 'injected non-retriable error' : 'injected retriable error' };
+      out[i] = { partition: null, offset: null, error_code: kre.code, error: KAFKA_RECORD_TEXT[kre.code] };
       continue;
     }
     let key = r.key === undefined ? null : r.key, value = r.value;
@@ -488,11 +502,129 @@ function handleKafka(req, res, ct, parsed, parseErr, topic, t, p, ctx) {
       id = String(value[idField]);
     else if (ce !== null) id = ce.id;
     else id = `${topic}/${part}/${off}`;
-    record(t, FMT_KAFKA, id, keyStr, topic, ce !== null ? ce.data : value, part, off, ce);
+    // the key's bytes as Kafka stores them: the JSON text in json mode, the decoded bytes in binary
+    const keyBytes = r.key === undefined || r.key === null ? null
+      : binary ? r.key : Buffer.from(JSON.stringify(r.key), 'utf8').toString('base64');
+    record(t, FMT_KAFKA, id, keyStr, topic, ce !== null ? ce.data : value, part, off, ce,
+      { key_bytes: keyBytes, headers: null, value });
     out[i] = { partition: part, offset: off, error_code: null, error: null };
   }
   if (p !== null && fire(p.accept_then_fail, ctx)) return () => sendInjected(res, p.accept_then_fail, ctx);
+  if (config.kafka_shape === 'redpanda') return () => send(res, 200, { offsets: redpandaOffsets(out) }, KAFKA_CT);
   return () => send(res, 200, { key_schema_id: null, value_schema_id: null, offsets: out }, KAFKA_CT);
+}
+
+// Redpanda's HTTP Proxy answers one entry per partition written (pandaproxy/rest/handlers.cc), not
+// per record: {"partition":p,"offset":<first offset>}, with error_code when that partition failed.
+function redpandaOffsets(out) {
+  const byPart = new Map();
+  let failed = null;
+  for (const o of out) {
+    if (o.error_code !== null) { if (failed === null) failed = o; continue; }
+    if (!byPart.has(o.partition)) byPart.set(o.partition, { partition: o.partition, offset: o.offset });
+  }
+  const res = [...byPart.values()];
+  if (failed !== null) res.push({ partition: -1, offset: -1, error_code: failed.error_code });
+  return res;
+}
+
+// ---------------------------------------------------------------- Kafka REST v3
+// GET <prefix>/v3/clusters, POST <prefix>/v3/clusters/<id>/topics/<topic>/records:batch
+const V3_CLUSTERS = /^(.*)\/v3\/clusters$/;
+const V3_BATCH = /^(.*)\/v3\/clusters\/([^/]+)\/topics\/([^/]+)\/records:batch$/;
+const V3_ENTRY_KEYS = new Set(['id', 'key', 'value', 'headers', 'partition_id', 'timestamp']);
+const v3Error = (res, code, ec, msg) => send(res, code, { error_code: ec, message: msg }, 'application/json');
+function handleV3Clusters(req, res) {
+  if (req.method !== 'GET') return () => v3Error(res, 405, 405, 'HTTP 405 Method Not Allowed');
+  if (!checkRequiredHeaders(req)) return () => v3Error(res, 401, 40101, 'Unauthorized');
+  return () => send(res, 200, { kind: 'KafkaClusterList', metadata: { self: req.url, next: null },
+    data: [{ kind: 'KafkaCluster', cluster_id: config.cluster_id }] });
+}
+// A data object {type, data} of an entry: STRING (a string), JSON (any JSON), BINARY (base64).
+function v3Data(d, what) {
+  if (d === null || typeof d !== 'object' || Array.isArray(d)) return `${what} must be an object`;
+  for (const k in d) if (k !== 'type' && k !== 'data' && k !== 'subject_name_strategy') return `${what}: unrecognized field "${k}"`;
+  if (d.type === 'STRING') return typeof d.data === 'string' ? null : `${what}.data must be a string`;
+  if (d.type === 'JSON') return 'data' in d ? null : `${what}.data is required`;
+  if (d.type === 'BINARY') return typeof d.data === 'string' && BASE64.test(d.data) ? null : `${what}.data must be base64`;
+  return `${what}.type must be STRING, JSON or BINARY`;
+}
+function v3Bytes(d) { // the bytes Kafka stores for a data object, as base64
+  if (d === undefined || d === null) return null;
+  if (d.type === 'BINARY') return d.data;
+  return Buffer.from(d.type === 'STRING' ? d.data : JSON.stringify(d.data), 'utf8').toString('base64');
+}
+function handleV3Batch(req, res, ct, parsed, parseErr, cluster, topic, t, p, ctx) {
+  if (req.method !== 'POST') return () => v3Error(res, 405, 405, 'HTTP 405 Method Not Allowed');
+  if (ct.type !== 'application/json') return () => v3Error(res, 415, 415, 'HTTP 415 Unsupported Media Type');
+  if (!checkRequiredHeaders(req)) return () => v3Error(res, 401, 40101, 'Unauthorized');
+  if (cluster !== config.cluster_id) return () => v3Error(res, 404, 404, `Cluster ${cluster} not found`);
+  if (parseErr !== null) return () => v3Error(res, 400, 400, `Unexpected character: ${parseErr}`);
+  const bad = (m) => () => v3Error(res, 400, 400, m);
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return bad('body must be a JSON object');
+  for (const k in parsed) if (k !== 'entries') return bad(`unrecognized field "${k}"`);
+  const entries = parsed.entries;
+  if (!Array.isArray(entries) || entries.length === 0) return bad('entries must be a non-empty array');
+  const ids = new Set();
+  for (let i = 0; i < entries.length; i++) {
+    const e = entries[i];
+    if (e === null || typeof e !== 'object' || Array.isArray(e)) return bad(`entry ${i} must be an object`);
+    for (const k in e) if (!V3_ENTRY_KEYS.has(k)) return bad(`entry ${i}: unrecognized field "${k}"`);
+    if (typeof e.id !== 'string' || e.id === '' || e.id.length > 80) return bad(`entry ${i}: id must be a string of 1 to 80 characters`);
+    if (ids.has(e.id)) return bad(`entry ${i}: id "${e.id}" is not unique in the batch`);
+    ids.add(e.id);
+    for (const f of ['key', 'value']) {
+      if (e[f] === undefined) { if (f === 'value') return bad(`entry ${i}: value is required`); continue; }
+      const err = v3Data(e[f], `entry ${i}: ${f}`);
+      if (err) return bad(err);
+    }
+    if (e.headers !== undefined) {
+      if (!Array.isArray(e.headers)) return bad(`entry ${i}: headers must be an array`);
+      for (const h of e.headers) {
+        if (h === null || typeof h !== 'object' || typeof h.name !== 'string' || h.name === '' ||
+            !(h.value === null || (typeof h.value === 'string' && BASE64.test(h.value))) ||
+            Object.keys(h).some((k) => k !== 'name' && k !== 'value'))
+          return bad(`entry ${i}: a header must be {name, value: base64}`);
+      }
+    }
+  }
+  if (!TOPIC_NAME.test(topic) || (config.topics !== null && !config.topics.includes(topic)))
+    return () => v3Error(res, 404, 40403, `This server does not host this topic-partition.`);
+  const np = opts.partitions;
+  let offs = offsets.get(topic);
+  if (offs === undefined) { offs = new Array(np).fill(0); offsets.set(topic, offs); rrCursor.set(topic, 0); }
+  const kre = p !== null ? p.kafka_record_errors : undefined;
+  const successes = [], failures = [];
+  for (const e of entries) {
+    if (kre !== undefined && fire(kre, ctx)) {
+      failures.push({ id: e.id, error_code: kre.code, message: KAFKA_RECORD_TEXT[kre.code] });
+      continue;
+    }
+    const keyBytes = v3Bytes(e.key);
+    const keyStr = keyBytes === null ? null : Buffer.from(keyBytes, 'base64').toString('utf8');
+    let part;
+    if (Number.isInteger(e.partition_id)) part = e.partition_id % np;
+    else if (keyBytes === null) { part = rrCursor.get(topic); rrCursor.set(topic, (part + 1) % np); }
+    else part = fnv1a(keyBytes) % np;
+    const off = offs[part]++;
+    const value = e.value.type === 'JSON' ? e.value.data : Buffer.from(v3Bytes(e.value), 'base64').toString('utf8');
+    const headers = (e.headers || []).map((h) => ({ name: h.name,
+      value: h.value === null ? null : Buffer.from(h.value, 'base64').toString('utf8') }));
+    const ce = value !== null && typeof value === 'object' && value.specversion === '1.0' &&
+      typeof value.id === 'string' ? value : null;
+    const idField = config.id_field;
+    let id;
+    if (idField !== null && value !== null && typeof value === 'object' && value[idField] !== undefined && value[idField] !== null)
+      id = String(value[idField]);
+    else if (ce !== null) id = ce.id;
+    else id = `${topic}/${part}/${off}`;
+    record(t, FMT_KAFKA, id, keyStr, topic, ce !== null ? ce.data : value, part, off, ce,
+      { key_bytes: keyBytes, headers, value });
+    successes.push({ id: e.id, cluster_id: cluster, topic_name: topic, partition_id: part, offset: off,
+      timestamp: new Date(t).toISOString() });
+  }
+  if (p !== null && fire(p.accept_then_fail, ctx)) return () => sendInjected(res, p.accept_then_fail, ctx);
+  return () => send(res, 207, { successes, failures }, 'application/json');
 }
 
 // ---------------------------------------------------------------- control API
@@ -570,6 +702,7 @@ function eventView(i) {
   const e = { seq: i + 1, id: rec.id[i], key: rec.key[i], topic: topicNames[rec.topic[i]], format: FMT[rec.fmt[i]], t: rec.t[i] };
   if (rec.fmt[i] === FMT_KAFKA) { e.partition = rec.part[i]; e.offset = rec.off[i]; }
   if (config.record_data || rec.data[i] !== undefined) e.data = rec.data[i] === undefined ? null : rec.data[i];
+  if (rec.kafka[i] !== undefined) e.kafka = rec.kafka[i];
   return e;
 }
 function applyConfig(b) {
@@ -588,6 +721,12 @@ function applyConfig(b) {
       case 'ce_success_status':
         if (!(Number.isInteger(v) && v >= 200 && v <= 299)) return 'ce_success_status must be 2xx';
         config.ce_success_status = v; break;
+      case 'kafka_shape':
+        if (v !== 'confluent' && v !== 'redpanda') return 'kafka_shape must be "confluent" or "redpanda"';
+        config.kafka_shape = v; break;
+      case 'cluster_id':
+        if (typeof v !== 'string' || v === '') return 'cluster_id must be a non-empty string';
+        config.cluster_id = v; break;
       case 'require_headers':
         if (v !== null && (typeof v !== 'object' || Array.isArray(v))) return 'require_headers must be an object or null';
         config.require_headers = v; break;
