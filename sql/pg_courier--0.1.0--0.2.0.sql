@@ -637,3 +637,139 @@ BEGIN
     RETURN out;
 END
 $$;
+
+------------------------------------------------------------------------------------------------------
+-- Issue 12, part W: webhooks as the CloudEvents SDKs and Standard Webhooks receivers expect them
+------------------------------------------------------------------------------------------------------
+
+-- Standard Webhooks secrets (C, src/outbox_signing.c): "whsec_" + base64 of 24 to 64 bytes, or a
+-- JSON array of 1 to 8 of them while rotating.  The error never quotes the value.
+CREATE FUNCTION courier._validate_signing_secret(secrets text[]) RETURNS void
+LANGUAGE C STABLE STRICT AS 'MODULE_PATHNAME', 'courier_validate_signing_secret';
+
+-- The options of this part: the CloudEvents "source" must be a non-empty URI-reference and "topic"
+-- (the CloudEvents "type") non-empty; the secret is checked; headers that would contradict the body
+-- (ce-*), name the sender (User-Agent) or forge a signature (webhook-*) cannot be set.
+CREATE FUNCTION courier._validate_webhook_options(options jsonb, format text)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    src text := options ->> 'source';
+BEGIN
+    IF options ? 'topic' AND options ->> 'topic' = '' THEN
+        RAISE EXCEPTION 'outbox option "topic" must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'It is the CloudEvents "type" (or the Kafka topic) of events inserted without a topic.';
+    END IF;
+    IF src IS NOT NULL AND (src = ''
+           OR src !~ '^([A-Za-z0-9._~!$&''()*+,;=:@/?#-]|%[0-9A-Fa-f]{2})+$'
+           OR src ~ '#.*#'
+           OR (src !~ '^[A-Za-z][A-Za-z0-9+.-]*:' AND split_part(split_part(split_part(src, '/', 1), '?', 1), '#', 1) ~ ':')) THEN
+        RAISE EXCEPTION 'outbox option "source" must be a non-empty URI-reference'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example "/billing/invoices" or "https://example.com/orders"; percent-encode spaces and non-ASCII characters.';
+    END IF;
+    IF options ? 'signing_secret' THEN
+        IF jsonb_typeof(options -> 'signing_secret') NOT IN ('string', 'array')
+           OR EXISTS (SELECT 1 FROM jsonb_array_elements(CASE jsonb_typeof(options -> 'signing_secret')
+                                                         WHEN 'array' THEN options -> 'signing_secret' ELSE '[]' END) e
+                       WHERE jsonb_typeof(e) <> 'string') THEN
+            RAISE EXCEPTION 'outbox option "signing_secret" must be a string or an array of strings'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'A secret is "whsec_" followed by base64; use an array of two while rotating.';
+        END IF;
+        PERFORM courier._validate_signing_secret(ARRAY(
+            SELECT jsonb_array_elements_text(CASE jsonb_typeof(options -> 'signing_secret')
+                                             WHEN 'array' THEN options -> 'signing_secret'
+                                             ELSE jsonb_build_array(options -> 'signing_secret') END)));
+    END IF;
+    IF options ? 'headers' AND EXISTS (
+           SELECT 1 FROM jsonb_object_keys(options -> 'headers') h
+            WHERE lower(h) LIKE 'ce-%' OR lower(h) LIKE 'webhook-%' OR lower(h) = 'user-agent') THEN
+        RAISE EXCEPTION 'outbox option "headers" cannot set CloudEvents (ce-*), Standard Webhooks (webhook-*) or User-Agent headers'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'CloudEvents attributes come from the event; use the option "signing_secret" to sign requests.';
+    END IF;
+END
+$$;
+
+-- The options of every part, then this part's checks.  (Same body as the section above plus the
+-- keys "signing_secret" and "max_request_bytes" and the call at the end.)
+CREATE OR REPLACE FUNCTION courier._validate_options(options jsonb, format text)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k text;
+    b record;
+    allowed constant jsonb := '{"topic": "string", "batch": "boolean", "batch_size": "number",
+                               "max_inflight": "number", "timeout_ms": "number",
+                               "source": "string", "envelope": "string",
+                               "retry_base_ms": "number", "retry_max_ms": "number",
+                               "max_attempts": "number", "on_dead_letter": "string",
+                               "tls_verify": "boolean", "headers": "object", "retention": "string",
+                               "max_request_bytes": "number", "signing_secret": "any"}';
+    retention_max constant text := '10 years';
+    retention_ok boolean;
+BEGIN
+    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'outbox options must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example: ''{"topic": "orders"}''';
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(options) LOOP
+        IF NOT allowed ? k THEN
+            RAISE EXCEPTION 'unknown outbox option "%"', k
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Known options: ' || (SELECT string_agg(x, ', ' ORDER BY x) FROM jsonb_object_keys(allowed) x);
+        END IF;
+        IF allowed ->> k <> 'any' AND jsonb_typeof(options -> k) <> allowed ->> k THEN
+            RAISE EXCEPTION 'outbox option "%" must be a %', k, allowed ->> k
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF allowed ->> k = 'number' THEN
+            b := courier._option_bounds(k);
+            IF (options ->> k)::numeric <> trunc((options ->> k)::numeric)
+               OR (options ->> k)::numeric NOT BETWEEN b.min_val AND b.max_val THEN
+                RAISE EXCEPTION 'outbox option "%" must be an integer from % to %', k, b.min_val, b.max_val
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = format('These are the bounds of the setting %s, which the option overrides.', b.setting);
+            END IF;
+        END IF;
+    END LOOP;
+    IF options ? 'retention' THEN
+        BEGIN
+            retention_ok := extract(epoch FROM (options ->> 'retention')::interval)
+                            BETWEEN 1e-6 AND extract(epoch FROM retention_max::interval);
+        EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR interval_field_overflow
+                       OR syntax_error OR numeric_value_out_of_range THEN
+            retention_ok := false;
+        END;
+        IF NOT retention_ok THEN
+            RAISE EXCEPTION 'outbox option "retention" must be a positive interval of at most %, not "%"',
+                            retention_max, options ->> 'retention'
+                USING ERRCODE = 'invalid_parameter_value', HINT = 'For example {"retention": "7 days"}.';
+        END IF;
+    END IF;
+    IF options ? 'on_dead_letter' AND options ->> 'on_dead_letter' NOT IN ('skip', 'block') THEN
+        RAISE EXCEPTION 'outbox option "on_dead_letter" must be ''skip'' or ''block'''
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'skip: later events of the key flow; block: the key waits until an operator acts.';
+    END IF;
+    IF options ? 'headers' AND EXISTS (
+           SELECT 1 FROM jsonb_each(options -> 'headers') h
+            WHERE jsonb_typeof(h.value) <> 'string' OR h.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$'
+               OR h.value #>> '{}' ~ '[\r\n]'
+               OR lower(h.key) IN ('content-type', 'content-length', 'host', 'idempotency-key',
+                                   'transfer-encoding', 'connection', 'expect')) THEN
+        RAISE EXCEPTION 'outbox option "headers" must map valid HTTP header names to string values'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example {"headers": {"Authorization": "Bearer ..."}}; protocol headers cannot be set.';
+    END IF;
+    IF options ? 'envelope' AND options ->> 'envelope' NOT IN ('cloudevents', 'none') THEN
+        RAISE EXCEPTION 'outbox option "envelope" must be ''cloudevents'' or ''none'''
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF format = 'kafka_rest_v2' AND options ? 'batch' THEN
+        RAISE EXCEPTION 'outbox option "batch" applies to the cloudevents format only'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'kafka_rest_v2 always sends records in batches.';
+    END IF;
+    PERFORM courier._validate_webhook_options(options, format);
+END
+$$;

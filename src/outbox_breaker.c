@@ -1,8 +1,16 @@
 /*-------------------------------------------------------------------------
  *
  * outbox_breaker.c
- *	  Circuit breakers, one per endpoint origin (scheme://host:port), in
- *	  shared memory so that every database's worker sees the same state.
+ *	  Circuit breakers, one per endpoint (scheme://host:port/path: what an
+ *	  outbox points at), in shared memory so that every database's worker
+ *	  sees the same state; and the Retry-After holds of origins
+ *	  (scheme://host:port), kept in entries of the same table.
+ *
+ * Scopes: a failing /bad must not stall a healthy /ok on the same server,
+ * so breakers count per endpoint.  A 429 or 503 with Retry-After is the
+ * server's pacing, not a failure: it holds every outbox sending to that
+ * origin until the given time (the CloudEvents HTTP webhook spec's MUST),
+ * capped at COURIER_RETRY_AFTER_MAX_S (http.h).
  *
  * closed --(breaker_failure_threshold consecutive failures)--> open
  * open --(breaker_reset_ms elapsed)--> half-open: exactly one probe request
@@ -32,8 +40,9 @@
 #include "outbox_breaker.h"
 #include "outbox_registry.h"
 
-#define COURIER_MAX_BREAKERS	1024
-#define ORIGIN_LEN				256
+/* an endpoint's breaker and its origin's pacing entry per outbox */
+#define COURIER_MAX_BREAKERS	2048
+#define ORIGIN_LEN				512
 /* a breaker no worker looked up for this long serves no outbox: reusable */
 #define BREAKER_IDLE_MS			60000
 
@@ -52,6 +61,7 @@ struct CourierBreaker
 	uint64		opens;
 	uint64		successes;
 	uint64		failures;
+	TimestampTz hold_until;		/* Retry-After: nothing is sent before this */
 };
 
 typedef struct BreakerTable
@@ -147,9 +157,9 @@ courier_origin_text(const char *url)
 }
 
 /*
- * Entries are created by the workers for the origins of the outboxes they
- * serve, and any role can create outboxes with new origins: so a database
- * creates at most courier.max_outboxes_per_database entries, and entries
+ * Entries are created by the workers for the endpoints and origins of the
+ * outboxes they serve, and any role can create outboxes with new ones: so a
+ * database creates at most two entries per courier.max_outboxes_per_database, and entries
  * nobody looked up for BREAKER_IDLE_MS (their outboxes are gone) are reused,
  * least recently used first.  An endpoint without an entry simply has no
  * breaker; delivery is unaffected.
@@ -171,6 +181,7 @@ take_entry(CourierBreaker *b, const char *origin, TimestampTz now)
 	b->probe_inflight = false;
 	b->probe_started_at = b->opened_at = 0;
 	b->opens = b->successes = b->failures = 0;
+	b->hold_until = 0;
 	b->last_change_at = b->last_used_at = now;
 	SpinLockRelease(&b->mutex);
 }
@@ -219,7 +230,7 @@ courier_breaker_for(const char *origin)
 	}
 	if (result == NULL)
 	{
-		if (mine >= courier_max_outboxes_per_database)
+		if (mine >= 2 * courier_max_outboxes_per_database)
 			result = idle_mine;
 		else
 			result = free_entry ? free_entry : idle_any;
@@ -345,8 +356,61 @@ courier_breaker_next_change(CourierBreaker *b)
 }
 
 /*
+ * courier_endpoint_identity
+ *		scheme://host:port/path of a URL (palloc'd): what a breaker counts
+ *		for.  No credentials, query or fragment; "" if it does not parse.
+ */
+char *
+courier_endpoint_identity(const char *url)
+{
+	CURLU	   *u = curl_url();
+	char	   *path = NULL;
+	char	   *origin = courier_origin_text(url);
+	char	   *result = origin;
+
+	if (origin[0] != '\0' && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+		curl_url_get(u, CURLUPART_PATH, &path, 0) == CURLUE_OK)
+		result = psprintf("%s%s", origin, path);
+	curl_free(path);
+	curl_url_cleanup(u);
+	return result;
+}
+
+/*
+ * courier_breaker_hold
+ *		The origin answered Retry-After: send it nothing before until.
+ */
+void
+courier_breaker_hold(CourierBreaker *b, TimestampTz until)
+{
+	if (b == NULL)
+		return;
+	SpinLockAcquire(&b->mutex);
+	if (until > b->hold_until)
+		b->hold_until = until;
+	SpinLockRelease(&b->mutex);
+}
+
+/*
+ * courier_breaker_held_until
+ *		The end of the origin's Retry-After hold, or 0 when it is not held.
+ */
+TimestampTz
+courier_breaker_held_until(CourierBreaker *b)
+{
+	TimestampTz t;
+
+	if (b == NULL)
+		return 0;
+	SpinLockAcquire(&b->mutex);
+	t = b->hold_until;
+	SpinLockRelease(&b->mutex);
+	return t > GetCurrentTimestamp() ? t : 0;
+}
+
+/*
  * courier_breakers
- *		courier.breakers(): every endpoint's breaker.
+ *		courier.breakers(): every endpoint's breaker (and origins' holds).
  */
 Datum
 courier_breakers(PG_FUNCTION_ARGS)
@@ -420,5 +484,5 @@ courier_breaker_state(PG_FUNCTION_ARGS)
 Datum
 courier_origin(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_TEXT_P(cstring_to_text(courier_origin_text(text_to_cstring(PG_GETARG_TEXT_PP(0)))));
+	PG_RETURN_TEXT_P(cstring_to_text(courier_endpoint_identity(text_to_cstring(PG_GETARG_TEXT_PP(0)))));
 }

@@ -170,6 +170,26 @@ outcome_init(Outcome *o, int n)
 }
 
 /*
+ * endpoint_failure
+ *		Does the answer count against the endpoint's breaker?  Not answering
+ *		properly does (transport errors, 408, 425, 429, 5xx), except a 429 or
+ *		503 with Retry-After: that is the server pacing us, and it holds the
+ *		whole origin until then instead.
+ */
+static bool
+endpoint_failure(OutboxState *ob, const CourierHttpRequest *req)
+{
+	if ((req->status == 429 || req->status == 503) && req->retry_after_ms >= 0)
+	{
+		courier_breaker_hold(ob->pacing, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+																	 req->retry_after_ms));
+		return false;
+	}
+	return req->status == 0 || req->status == 408 || req->status == 425 ||
+		req->status == 429 || req->status >= 500;
+}
+
+/*
  * classify
  *		Add a finished request's per-row outcomes to o.
  */
@@ -509,10 +529,7 @@ courier_complete(List *finished)
 			classify(d, &o);
 			courier_counters_record(ob->counters, o.nok - nok, o.retry.n - nretry, o.dead.n - ndead,
 									o.first_error);
-			courier_breaker_record(ob->breaker,
-								   !(d->req->status == 0 || d->req->status == 408 || d->req->status == 425 ||
-									 d->req->status == 429 || d->req->status >= 500),
-								   d->probe);
+			courier_breaker_record(ob->breaker, !endpoint_failure(ob, d->req), d->probe);
 		}
 		if (!record_contained(ob, &o))
 		{

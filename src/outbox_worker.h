@@ -68,6 +68,13 @@ typedef struct OutboxHealth
 	bool		writes_failed;	/* it broke recording results: only a recorded result mends it */
 } OutboxHealth;
 
+/* A Standard Webhooks signing key: the decoded bytes of a "whsec_" secret (outbox_signing.c). */
+typedef struct CourierSigningKey
+{
+	uint8		key[64];
+	int			len;
+} CourierSigningKey;
+
 /* What the worker knows about one registered outbox. */
 typedef struct OutboxState
 {
@@ -100,6 +107,10 @@ typedef struct OutboxState
 	char	   *origin;			/* scheme://host:port: the breaker's identity */
 	CourierBreaker *breaker;
 	Oid			owner;			/* the table's owner: its statements run as this role */
+	CourierSigningKey *signing_keys;	/* option signing_secret (in settings; never logged) */
+	int			nsigning_keys;
+	int			max_request_bytes;	/* option; 0: the GUC */
+	CourierBreaker *pacing;		/* the origin's entry: Retry-After holds it */
 
 	int			inflight;		/* requests in flight */
 	int64	   *acked;			/* acknowledged by the endpoint, deletion not yet recorded */
@@ -162,10 +173,19 @@ typedef struct Delivery
 	int			nextra;
 	CourierHttpRequest *req;
 	bool		probe;			/* the half-open breaker's probe */
+	char	   *webhook_id;		/* signed requests: the event id, or the batch's id */
 } Delivery;
 
 /* outbox_worker.c: what lives as long as the worker (outbox states, deliveries) */
 extern PGDLLIMPORT MemoryContext courier_worker_context;
+
+/* outbox_source.c */
+extern char *courier_default_source(Oid relid, MemoryContext cxt);
+
+/* outbox_signing.c */
+extern void courier_signing_refresh(OutboxState *ob, char *lines);
+extern int	courier_signing_headers(const OutboxState *ob, const char *msg_id, const char *body,
+									size_t len, const char **headers);
 
 /* outbox_format.c */
 extern void courier_decode_row(HeapTuple tup, TupleDesc desc, const OutboxState *ob, OutboxRow *r);
