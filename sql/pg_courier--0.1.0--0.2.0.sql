@@ -668,6 +668,10 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'For example "/billing/invoices" or "https://example.com/orders"; percent-encode spaces and non-ASCII characters.';
     END IF;
+    IF options ? 'signing_secret' AND format <> 'cloudevents' THEN
+        RAISE EXCEPTION 'outbox option "signing_secret" applies to the cloudevents format only'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF options ? 'signing_secret' THEN
         IF jsonb_typeof(options -> 'signing_secret') NOT IN ('string', 'array')
            OR EXISTS (SELECT 1 FROM jsonb_array_elements(CASE jsonb_typeof(options -> 'signing_secret')
