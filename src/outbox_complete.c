@@ -526,7 +526,10 @@ courier_complete(List *finished)
 						ndead = o.dead.n;
 
 			o.first_error = NULL;
-			classify(d, &o);
+			if (courier_split_wanted(d))
+				courier_split_delivery(d);	/* (its rows go on in two halves) */
+			else
+				classify(d, &o);
 			courier_counters_record(ob->counters, o.nok - nok, o.retry.n - nretry, o.dead.n - ndead,
 									o.first_error);
 			courier_breaker_record(ob->breaker, !endpoint_failure(ob, d->req), d->probe);
@@ -553,6 +556,9 @@ courier_complete(List *finished)
 			ob->rescan = true;
 			ob->rescan_at = 0;
 		}
+		/* the next parts of split batches, now that these outcomes are known */
+		for (int j = first; j < end; j++)
+			courier_split_continue(list_nth(finished, j));
 	}
 
 	MemoryContextSwitchTo(old);

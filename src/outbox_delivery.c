@@ -69,6 +69,9 @@ new_delivery(OutboxState *ob, int maxrows, const char *topic)
 	d->result = MemoryContextAllocZero(cxt, maxrows);
 	d->keyhashes = MemoryContextAlloc(cxt, sizeof(uint32) * maxrows);
 	d->haskey = MemoryContextAlloc(cxt, sizeof(bool) * maxrows);
+	d->span_start = MemoryContextAlloc(cxt, sizeof(int) * maxrows);
+	d->span_end = MemoryContextAlloc(cxt, sizeof(int) * maxrows);
+	d->event_ids = MemoryContextAlloc(cxt, sizeof(char *) * maxrows);
 	d->topic = topic ? MemoryContextStrdup(cxt, topic) : NULL;
 	d->extra = MemoryContextAllocZero(cxt, sizeof(char *) * 96);
 	for (int i = 0; i < ob->nstatic_headers; i++)
@@ -98,10 +101,13 @@ add_row(Delivery *d, const OutboxRow *r, uint32 keyhash)
 	else
 		appendStringInfoChar(&d->body, ',');
 
+	d->span_start[d->nrows] = d->body.len;
 	if (ob->format == COURIER_FORMAT_KAFKA_REST_V2)
 		courier_format_kafka_record(&d->body, ob, r);
 	else
 		courier_format_cloudevent(&d->body, ob, r);
+	d->span_end[d->nrows] = d->body.len;
+	d->event_ids[d->nrows] = pstrdup(r->event_id);
 
 	if (!OB_BATCHED(ob))
 	{
@@ -679,4 +685,21 @@ courier_dispatch_abort(OutboxState *ob)
 	ob->open = NIL;
 	ob->rescan = true;
 	ob->rescan_at = 0;
+}
+
+/*
+ * courier_delivery_new / courier_delivery_start
+ *		new_delivery and start_delivery for the parts of a split batch
+ *		(outbox_split.c).
+ */
+Delivery *
+courier_delivery_new(OutboxState *ob, int maxrows, const char *topic)
+{
+	return new_delivery(ob, maxrows, topic);
+}
+
+void
+courier_delivery_start(Delivery *d)
+{
+	start_delivery(d);
 }

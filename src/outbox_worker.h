@@ -174,10 +174,26 @@ typedef struct Delivery
 	CourierHttpRequest *req;
 	bool		probe;			/* the half-open breaker's probe */
 	char	   *webhook_id;		/* signed requests: the event id, or the batch's id */
+	/* splitting a refused batch (outbox_split.c) */
+	int		   *span_start;		/* row i's text is body[span_start[i] .. span_end[i]) */
+	int		   *span_end;
+	char	  **event_ids;
+	struct Delivery *then;		/* the next part of a split batch: sent after this one */
+	uint32	   *failed_keys;	/* keys that must not go on in the next parts */
+	int			nfailed_keys;
 } Delivery;
 
 /* outbox_worker.c: what lives as long as the worker (outbox states, deliveries) */
 extern PGDLLIMPORT MemoryContext courier_worker_context;
+
+/* outbox_delivery.c */
+extern Delivery *courier_delivery_new(OutboxState *ob, int maxrows, const char *topic);
+extern void courier_delivery_start(Delivery *d);
+
+/* outbox_split.c */
+extern bool courier_split_wanted(const Delivery *d);
+extern void courier_split_delivery(Delivery *d);
+extern void courier_split_continue(Delivery *d);
 
 /* outbox_source.c */
 extern char *courier_default_source(Oid relid, MemoryContext cxt);
