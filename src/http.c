@@ -324,26 +324,27 @@ courier_http_poll(int timeout_ms)
 static void
 transfer_error(CourierHttpRequest *req)
 {
-	const char *text = curl_easy_strerror(req->curl_result);
-
 	const char *detail = req->curl_detail;
+	const char *text = curl_easy_strerror(req->curl_result);
+	bool		tls = (req->curl_result == CURLE_PEER_FAILED_VERIFICATION ||
+					   req->curl_result == CURLE_SSL_CONNECT_ERROR);
 
 	if (req->policy_refused)
 		text = POLICY_REFUSED_TEXT;
-	else if (req->curl_result != CURLE_PEER_FAILED_VERIFICATION &&
-			 req->curl_result != CURLE_SSL_CONNECT_ERROR)
-		 /* libcurl's text for the code */ ;
-	else if (strstr(detail, "expired"))
+	else if (tls && strstr(detail, "expired"))
 		text = "TLS: the endpoint's certificate has expired";
-	else if (strstr(detail, "not yet valid"))
+	else if (tls && strstr(detail, "not yet valid"))
 		text = "TLS: the endpoint's certificate is not yet valid";
-	else if (strstr(detail, "issuer") || strstr(detail, "self-signed") || strstr(detail, "self signed") ||
-			 strstr(detail, "unknown ca") || strstr(detail, "unable to get local"))
+	else if (tls && (strstr(detail, "issuer") || strstr(detail, "self-signed") ||
+					 strstr(detail, "self signed") || strstr(detail, "unknown ca") ||
+					 strstr(detail, "unable to get local")))
 		text = "TLS: the endpoint's certificate is not signed by a trusted CA (see courier.ca_file)";
-	else if (strstr(detail, "subject name") || strstr(detail, "does not match") || strstr(detail, "hostname"))
+	else if (tls && (strstr(detail, "subject name") || strstr(detail, "does not match") ||
+					 strstr(detail, "hostname")))
 		text = "TLS: the endpoint's certificate does not name its host";
-	else if (detail[0] != '\0')
+	else if (tls && detail[0] != '\0')
 	{
+		/* unclassified: the TLS library's own reason */
 		snprintf(req->error, sizeof(req->error), "TLS: %s", detail);
 		return;
 	}

@@ -3,8 +3,8 @@
  * outbox_breaker.c
  *	  Circuit breakers, one per endpoint (scheme://host:port/path: what an
  *	  outbox points at), in shared memory so that every database's worker
- *	  sees the same state; and the Retry-After holds of origins
- *	  (scheme://host:port), kept in entries of the same table.
+ *	  sees the same state; a Retry-After answer holds every endpoint of
+ *	  its origin (scheme://host:port).
  *
  * Scopes: a failing /bad must not stall a healthy /ok on the same server,
  * so breakers count per endpoint.  A 429 or 503 with Retry-After is the
@@ -40,8 +40,7 @@
 #include "outbox_breaker.h"
 #include "outbox_registry.h"
 
-/* an endpoint's breaker and its origin's pacing entry per outbox */
-#define COURIER_MAX_BREAKERS	2048
+#define COURIER_MAX_BREAKERS	1024
 #define ORIGIN_LEN				512
 /* a breaker no worker looked up for this long serves no outbox: reusable */
 #define BREAKER_IDLE_MS			60000
@@ -157,9 +156,9 @@ courier_origin_text(const char *url)
 }
 
 /*
- * Entries are created by the workers for the endpoints and origins of the
- * outboxes they serve, and any role can create outboxes with new ones: so a
- * database creates at most two entries per courier.max_outboxes_per_database, and entries
+ * Entries are created by the workers for the endpoints of the outboxes they
+ * serve, and any role can create outboxes with new ones: so a database
+ * creates at most courier.max_outboxes_per_database entries, and entries
  * nobody looked up for BREAKER_IDLE_MS (their outboxes are gone) are reused,
  * least recently used first.  An endpoint without an entry simply has no
  * breaker; delivery is unaffected.
@@ -230,7 +229,7 @@ courier_breaker_for(const char *origin)
 	}
 	if (result == NULL)
 	{
-		if (mine >= 2 * courier_max_outboxes_per_database)
+		if (mine >= courier_max_outboxes_per_database)
 			result = idle_mine;
 		else
 			result = free_entry ? free_entry : idle_any;
@@ -377,23 +376,33 @@ courier_endpoint_identity(const char *url)
 }
 
 /*
- * courier_breaker_hold
- *		The origin answered Retry-After: send it nothing before until.
+ * courier_breaker_hold_origin
+ *		The origin (scheme://host:port) answered Retry-After: none of its
+ *		endpoints gets anything before until.  (An endpoint without an
+ *		entry has no hold, as it has no breaker.)
  */
 void
-courier_breaker_hold(CourierBreaker *b, TimestampTz until)
+courier_breaker_hold_origin(const char *origin, TimestampTz until)
 {
-	if (b == NULL)
+	size_t		len = strlen(origin);
+
+	if (breakers == NULL || len == 0)
 		return;
-	SpinLockAcquire(&b->mutex);
-	if (until > b->hold_until)
-		b->hold_until = until;
-	SpinLockRelease(&b->mutex);
+	for (int i = 0; i < COURIER_MAX_BREAKERS; i++)
+	{
+		CourierBreaker *b = &breakers->entries[i];
+
+		SpinLockAcquire(&b->mutex);
+		if (strncmp(b->origin, origin, len) == 0 && (b->origin[len] == '/' || b->origin[len] == '\0') &&
+			until > b->hold_until)
+			b->hold_until = until;
+		SpinLockRelease(&b->mutex);
+	}
 }
 
 /*
  * courier_breaker_held_until
- *		The end of the origin's Retry-After hold, or 0 when it is not held.
+ *		The end of the endpoint's Retry-After hold, or 0 when it is not held.
  */
 TimestampTz
 courier_breaker_held_until(CourierBreaker *b)
@@ -410,7 +419,7 @@ courier_breaker_held_until(CourierBreaker *b)
 
 /*
  * courier_breakers
- *		courier.breakers(): every endpoint's breaker (and origins' holds).
+ *		courier.breakers(): every endpoint's breaker.
  */
 Datum
 courier_breakers(PG_FUNCTION_ARGS)

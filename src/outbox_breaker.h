@@ -28,7 +28,7 @@ extern void courier_breaker_shmem_init(void);
 extern char *courier_origin_text(const char *url);
 extern char *courier_endpoint_identity(const char *url);
 extern CourierBreaker *courier_breaker_for(const char *origin);
-extern void courier_breaker_hold(CourierBreaker *b, TimestampTz until);
+extern void courier_breaker_hold_origin(const char *origin, TimestampTz until);
 extern TimestampTz courier_breaker_held_until(CourierBreaker *b);
 extern int	courier_breaker_admit(CourierBreaker *b);
 extern void courier_breaker_release_probe(CourierBreaker *b);

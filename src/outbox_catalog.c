@@ -222,7 +222,6 @@ courier_refresh_outboxes(List **outboxes)
 		set_static_headers(ob, state_text(tup, desc, 18, ob->settings));
 		ob->origin = MemoryContextStrdup(ob->settings, courier_origin_text(ob->endpoint));
 		ob->breaker = courier_breaker_for(courier_endpoint_identity(ob->endpoint));
-		ob->pacing = courier_breaker_for(ob->origin);
 		ob->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 19, &isnull));
 		ob->retain = DatumGetBool(SPI_getbinval(tup, desc, 20, &isnull));
 		if (ob->fetch_plan && ob->plans_retain != ob->retain)

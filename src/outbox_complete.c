@@ -181,8 +181,8 @@ endpoint_failure(OutboxState *ob, const CourierHttpRequest *req)
 {
 	if ((req->status == 429 || req->status == 503) && req->retry_after_ms >= 0)
 	{
-		courier_breaker_hold(ob->pacing, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-																	 req->retry_after_ms));
+		courier_breaker_hold_origin(ob->origin, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+																			req->retry_after_ms));
 		return false;
 	}
 	return req->status == 0 || req->status == 408 || req->status == 425 ||

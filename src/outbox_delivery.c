@@ -303,7 +303,7 @@ courier_dispatch_possible(OutboxState *ob)
 	TimestampTz next = courier_breaker_next_change(ob->breaker);
 
 	if (!ob->enabled || OB_INFLIGHT(ob) <= ob->inflight || (next != 0 && now < next) ||
-		courier_breaker_held_until(ob->pacing) != 0 ||
+		courier_breaker_held_until(ob->breaker) != 0 ||
 		ob->shape_problem || courier_health_resting(&ob->delivery, now))
 		return false;
 	/* is there anything to read?  (the commit count is read before the snapshot) */
@@ -570,7 +570,7 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 		return false;
 
 	/* the origin asked us to wait (Retry-After) */
-	if (courier_breaker_held_until(ob->pacing) != 0)
+	if (courier_breaker_held_until(ob->breaker) != 0)
 		return false;
 	/* an open breaker sends nothing (rows keep their attempts); half-open sends one probe */
 	admitted = courier_breaker_admit(ob->breaker);

@@ -110,7 +110,6 @@ typedef struct OutboxState
 	CourierSigningKey *signing_keys;	/* option signing_secret (in settings; never logged) */
 	int			nsigning_keys;
 	int			max_request_bytes;	/* option; 0: the GUC */
-	CourierBreaker *pacing;		/* the origin's entry: Retry-After holds it */
 
 	int			inflight;		/* requests in flight */
 	int64	   *acked;			/* acknowledged by the endpoint, deletion not yet recorded */
