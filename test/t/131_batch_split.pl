@@ -44,6 +44,24 @@ like($errors[0], qr/^HTTP 400/, '400: the refused event is dead-lettered with th
 is(scalar(grep { $_->{status} == 400 && (() = $_->{body} =~ /"specversion"/g) == 1 && $_->{body} =~ /"type":"bad"/ } @{ $sink->raw }), 1,
 	'400: the refused event was finally sent alone');
 
+# 400 with on_dead_letter = 'block': the refused event's later events of its key wait behind its
+# dead letter (taken out of the later halves); the other keys are delivered.
+$sink->reset;
+$node->safe_psql('postgres', qq{SELECT courier.create_outbox('blocking', '${\ $sink->url("/blocking") }', 'cloudevents',
+	'{$fast, "batch": true, "on_dead_letter": "block"}')});
+$node->safe_psql('postgres', q{
+	INSERT INTO blocking (topic, key, payload)
+	  SELECT CASE WHEN i = 17 THEN 'bad' ELSE 'ok' END, 'k' || (i % 4), jsonb_build_object('n', i)
+	    FROM generate_series(1, 40) i});
+ok(CourierTest::wait_until(sub {
+	$node->safe_psql('postgres', q{SELECT count(*) FROM courier.dead_letters WHERE outbox = 'blocking'::regclass}) == 1 &&
+	$sink->stats->{unique} == 34 }, timeout => 60, what => 'block: the other keys delivered'),
+	'block: the refused event is dead, the other keys delivered');
+is($node->safe_psql('postgres', q{SELECT string_agg(payload->>'n', ',' ORDER BY id) FROM blocking}), '21,25,29,33,37',
+	"block: the refused event's key waits behind its dead letter");
+ok(!(grep { $_->{key} eq 'k1' && $_->{data}{n} > 17 } @{ $sink->events }), 'block: none of them was sent');
+is($sink->stats->{duplicates}, 0, 'block: none twice');
+
 # 413: the sink takes at most 4000 bytes; events of about 500 bytes; one of 6000 bytes.
 $sink->reset;
 $sink->config(reject_types => undef, max_body => 4000);
