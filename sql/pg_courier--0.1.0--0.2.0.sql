@@ -105,6 +105,86 @@ $add_update_trigger$;
 CREATE FUNCTION courier._option_bounds(option text, OUT setting text, OUT min_val bigint, OUT max_val bigint)
 RETURNS record LANGUAGE C STABLE STRICT AS 'MODULE_PATHNAME', 'courier_option_bounds';
 
+-- The Kafka REST options (issue 12): embedded_format (v2), cluster_id (v3), and topics as Kafka names them.
+CREATE FUNCTION courier._validate_kafka_options(options jsonb, format text)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF options ? 'embedded_format' AND (format <> 'kafka_rest_v2'
+                                        OR options -> 'embedded_format' NOT IN ('"json"', '"binary"')) THEN
+        RAISE EXCEPTION 'outbox option "embedded_format" must be ''json'' or ''binary'', for the kafka_rest_v2 format'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'binary sends key and value as base64 bytes, so a key reaches Kafka as itself (see doc/outbox.md).';
+    END IF;
+    IF options ? 'cluster_id' AND (format <> 'kafka_rest_v3' OR jsonb_typeof(options -> 'cluster_id') <> 'string'
+                                   OR options ->> 'cluster_id' !~ '^[A-Za-z0-9_-]{1,64}$') THEN
+        RAISE EXCEPTION 'outbox option "cluster_id" must be a Kafka cluster id (1 to 64 of A-Z a-z 0-9 _ -), for the kafka_rest_v3 format'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Leave it out to have it discovered with GET /v3/clusters.';
+    END IF;
+    -- Kafka's topic names: 1 to 249 of [a-zA-Z0-9._-], and not "." or ".." (path steps in a URL)
+    IF format LIKE 'kafka_rest_%' AND options ? 'topic'
+       AND (options ->> 'topic' !~ '^[a-zA-Z0-9._-]{1,249}$' OR options ->> 'topic' IN ('.', '..')) THEN
+        RAISE EXCEPTION 'outbox option "topic" is not a valid Kafka topic name: "%"', options ->> 'topic'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Kafka topic names are 1 to 249 of a-z A-Z 0-9 . _ -, and neither "." nor "..".';
+    END IF;
+END
+$$;
+
+-- Standard Webhooks secrets (C, src/outbox_signing.c): "whsec_" + base64 of 24 to 64 bytes, or a
+-- JSON array of 1 to 8 of them while rotating.  The error never quotes the value.
+CREATE FUNCTION courier._validate_signing_secret(secrets text[]) RETURNS void
+LANGUAGE C STABLE STRICT AS 'MODULE_PATHNAME', 'courier_validate_signing_secret';
+
+-- The options of this part: the CloudEvents "source" must be a non-empty URI-reference and "topic"
+-- (the CloudEvents "type") non-empty; the secret is checked; headers that would contradict the body
+-- (ce-*), name the sender (User-Agent) or forge a signature (webhook-*) cannot be set.
+CREATE FUNCTION courier._validate_webhook_options(options jsonb, format text)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    src text := options ->> 'source';
+BEGIN
+    IF options ? 'topic' AND options ->> 'topic' = '' THEN
+        RAISE EXCEPTION 'outbox option "topic" must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'It is the CloudEvents "type" (or the Kafka topic) of events inserted without a topic.';
+    END IF;
+    IF src IS NOT NULL AND (src = ''
+           OR src !~ '^([A-Za-z0-9._~!$&''()*+,;=:@/?#-]|%[0-9A-Fa-f]{2})+$'
+           OR src ~ '#.*#'
+           OR (src !~ '^[A-Za-z][A-Za-z0-9+.-]*:' AND split_part(split_part(split_part(src, '/', 1), '?', 1), '#', 1) ~ ':')) THEN
+        RAISE EXCEPTION 'outbox option "source" must be a non-empty URI-reference'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'For example "/billing/invoices" or "https://example.com/orders"; percent-encode spaces and non-ASCII characters.';
+    END IF;
+    IF options ? 'signing_secret' AND format <> 'cloudevents' THEN
+        RAISE EXCEPTION 'outbox option "signing_secret" applies to the cloudevents format only'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF options ? 'signing_secret' THEN
+        IF jsonb_typeof(options -> 'signing_secret') NOT IN ('string', 'array')
+           OR EXISTS (SELECT 1 FROM jsonb_array_elements(CASE jsonb_typeof(options -> 'signing_secret')
+                                                         WHEN 'array' THEN options -> 'signing_secret' ELSE '[]' END) e
+                       WHERE jsonb_typeof(e) <> 'string') THEN
+            RAISE EXCEPTION 'outbox option "signing_secret" must be a string or an array of strings'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'A secret is "whsec_" followed by base64; use an array of two while rotating.';
+        END IF;
+        PERFORM courier._validate_signing_secret(ARRAY(
+            SELECT jsonb_array_elements_text(CASE jsonb_typeof(options -> 'signing_secret')
+                                             WHEN 'array' THEN options -> 'signing_secret'
+                                             ELSE jsonb_build_array(options -> 'signing_secret') END)));
+    END IF;
+    IF options ? 'headers' AND EXISTS (
+           SELECT 1 FROM jsonb_object_keys(options -> 'headers') h
+            WHERE lower(h) LIKE 'ce-%' OR lower(h) LIKE 'webhook-%' OR lower(h) = 'user-agent') THEN
+        RAISE EXCEPTION 'outbox option "headers" cannot set CloudEvents (ce-*), Standard Webhooks (webhook-*) or User-Agent headers'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'CloudEvents attributes come from the event; use the option "signing_secret" to sign requests.';
+    END IF;
+END
+$$;
+
 -- Options: integers within their GUC's bounds; retention positive and at most 10 years (an audit
 -- trail, not an archive: and now() - retention must stay far inside the timestamp range).
 CREATE OR REPLACE FUNCTION courier._validate_options(options jsonb, format text)
@@ -117,7 +197,9 @@ DECLARE
                                "source": "string", "envelope": "string",
                                "retry_base_ms": "number", "retry_max_ms": "number",
                                "max_attempts": "number", "on_dead_letter": "string",
-                               "tls_verify": "boolean", "headers": "object", "retention": "string"}';
+                               "tls_verify": "boolean", "headers": "object", "retention": "string",
+                               "max_request_bytes": "number", "signing_secret": "any",
+                               "embedded_format": "string", "cluster_id": "string"}';
     retention_max constant text := '10 years';
     retention_ok boolean;
 BEGIN
@@ -131,7 +213,7 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Known options: ' || (SELECT string_agg(x, ', ' ORDER BY x) FROM jsonb_object_keys(allowed) x);
         END IF;
-        IF jsonb_typeof(options -> k) <> allowed ->> k THEN
+        IF allowed ->> k <> 'any' AND jsonb_typeof(options -> k) <> allowed ->> k THEN
             RAISE EXCEPTION 'outbox option "%" must be a %', k, allowed ->> k
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
@@ -178,10 +260,12 @@ BEGIN
         RAISE EXCEPTION 'outbox option "envelope" must be ''cloudevents'' or ''none'''
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF format = 'kafka_rest_v2' AND options ? 'batch' THEN
+    IF format LIKE 'kafka_rest_%' AND options ? 'batch' THEN
         RAISE EXCEPTION 'outbox option "batch" applies to the cloudevents format only'
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'kafka_rest_v2 always sends records in batches.';
+            USING ERRCODE = 'invalid_parameter_value', HINT = format('%s always sends records in batches.', format);
     END IF;
+    PERFORM courier._validate_kafka_options(options, format);
+    PERFORM courier._validate_webhook_options(options, format);
 END
 $$;
 
@@ -269,9 +353,10 @@ BEGIN
         RAISE EXCEPTION 'outbox name, endpoint and format must not be NULL'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF format NOT IN ('cloudevents', 'kafka_rest_v2') THEN
+    IF format NOT IN ('cloudevents', 'kafka_rest_v2', 'kafka_rest_v3') THEN
         RAISE EXCEPTION 'unknown outbox format "%"', format
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use ''cloudevents'' or ''kafka_rest_v2''.';
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''cloudevents'', ''kafka_rest_v2'' or ''kafka_rest_v3''.';
     END IF;
     PERFORM courier._validate_endpoint(endpoint, format);
     PERFORM courier._validate_options(COALESCE(options, '{}'), format);
@@ -713,83 +798,16 @@ BEGIN
         n := n + 1;
     END LOOP;
     RETURN n / 2;
+END
+$$;
 
 ------------------------------------------------------------------------------------------------------
--- Issue 12, part K: Kafka REST as the real proxies speak it (v2's embedded formats, v3 records:batch)
+-- Issue 12: Kafka REST as the real proxies speak it (v2's embedded formats, v3 records:batch), webhooks
+-- as the CloudEvents SDKs and Standard Webhooks receivers expect them.  (Their option checks,
+-- _validate_kafka_options and _validate_webhook_options, are called by _validate_options above.)
 ------------------------------------------------------------------------------------------------------
 
 -- The new format.
 ALTER TABLE courier.outboxes DROP CONSTRAINT outboxes_format_check;
 ALTER TABLE courier.outboxes ADD CONSTRAINT outboxes_format_check
     CHECK (format IN ('cloudevents', 'kafka_rest_v2', 'kafka_rest_v3'));
-
-CREATE OR REPLACE FUNCTION courier._outbox_check_args(endpoint text, format text, options jsonb) RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF endpoint IS NULL OR format IS NULL THEN
-        RAISE EXCEPTION 'outbox name, endpoint and format must not be NULL'
-            USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF format NOT IN ('cloudevents', 'kafka_rest_v2', 'kafka_rest_v3') THEN
-        RAISE EXCEPTION 'unknown outbox format "%"', format
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Use ''cloudevents'', ''kafka_rest_v2'' or ''kafka_rest_v3''.';
-    END IF;
-    PERFORM courier._validate_endpoint(endpoint, format);
-    PERFORM courier._validate_options(COALESCE(options, '{}'), format);
-END
-$$;
-
--- The Kafka options are checked here and the others by the general checks, renamed
--- _validate_options_general (they do not know the Kafka options' names).
-ALTER FUNCTION courier._validate_options(jsonb, text) RENAME TO _validate_options_general;
-
-CREATE FUNCTION courier._validate_options(options jsonb, format text)
-RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    msg text;
-    hint text;
-BEGIN
-    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
-        PERFORM courier._validate_options_general(options, format);
-        RETURN;
-    END IF;
-    BEGIN
-        PERFORM courier._validate_options_general(options - 'embedded_format' - 'cluster_id', format);
-    EXCEPTION WHEN invalid_parameter_value THEN
-        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
-        -- the list of known options names these too
-        IF hint LIKE 'Known options: %' THEN
-            SELECT 'Known options: ' || string_agg(x, ', ' ORDER BY x) INTO hint
-              FROM unnest(string_to_array(substr(hint, 16), ', ') || ARRAY['cluster_id', 'embedded_format']) x;
-        END IF;
-        IF hint IS NULL OR hint = '' THEN
-            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = msg;
-        END IF;
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = msg, HINT = hint;
-    END;
-    IF options ? 'embedded_format' AND (format <> 'kafka_rest_v2'
-                                        OR options -> 'embedded_format' NOT IN ('"json"', '"binary"')) THEN
-        RAISE EXCEPTION 'outbox option "embedded_format" must be ''json'' or ''binary'', for the kafka_rest_v2 format'
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'binary sends key and value as base64 bytes, so a key reaches Kafka as itself (see doc/outbox.md).';
-    END IF;
-    IF options ? 'cluster_id' AND (format <> 'kafka_rest_v3' OR jsonb_typeof(options -> 'cluster_id') <> 'string'
-                                   OR options ->> 'cluster_id' !~ '^[A-Za-z0-9_-]{1,64}$') THEN
-        RAISE EXCEPTION 'outbox option "cluster_id" must be a Kafka cluster id (1 to 64 of A-Z a-z 0-9 _ -), for the kafka_rest_v3 format'
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Leave it out to have it discovered with GET /v3/clusters.';
-    END IF;
-    IF format = 'kafka_rest_v3' AND options ? 'batch' THEN
-        RAISE EXCEPTION 'outbox option "batch" applies to the cloudevents format only'
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'kafka_rest_v3 always sends records in batches.';
-    END IF;
-    -- Kafka's topic names: 1 to 249 of [a-zA-Z0-9._-], and not "." or ".." (path steps in a URL)
-    IF format LIKE 'kafka_rest_%' AND options ? 'topic'
-       AND (options ->> 'topic' !~ '^[a-zA-Z0-9._-]{1,249}$' OR options ->> 'topic' IN ('.', '..')) THEN
-        RAISE EXCEPTION 'outbox option "topic" is not a valid Kafka topic name: "%"', options ->> 'topic'
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Kafka topic names are 1 to 249 of a-z A-Z 0-9 . _ -, and neither "." nor "..".';
-    END IF;
-END
-$$;

@@ -53,6 +53,13 @@
 #define courier_primary_key_index(rel)	RelationGetPrimaryKeyIndex(rel)
 #endif
 
+/* 18 made the byte side of pg_b64_encode/pg_b64_decode uint8 (before: char). */
+#if PG_VERSION_NUM >= 180000
+typedef uint8 courier_b64_byte;
+#else
+typedef char courier_b64_byte;
+#endif
+
 /*
  * 18 replaced pg_attribute_noreturn() (after the declarator) with
  * pg_noreturn (before the return type).  Before 18, the GCC/Clang attribute

@@ -91,11 +91,11 @@ parse_retry_after(const char *value)
 	while (*end == ' ' || *end == '\r' || *end == '\n')
 		end++;
 	if (end != value && *end == '\0' && secs >= 0)
-		return Min(secs, 86400L) * 1000L;
+		return Min(secs, (long) COURIER_RETRY_AFTER_MAX_S) * 1000L;
 	when = curl_getdate(value, NULL);
 	if (when == -1)
 		return -1;
-	return Max(0L, Min((long) (when - time(NULL)), 86400L)) * 1000L;
+	return Max(0L, Min((long) (when - time(NULL)), (long) COURIER_RETRY_AFTER_MAX_S)) * 1000L;
 }
 
 /*
@@ -285,6 +285,7 @@ courier_http_post(const CourierHttpOptions *o, void *owner)
 	curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, collect_header);
 	curl_easy_setopt(easy, CURLOPT_HEADERDATA, req);
 	curl_easy_setopt(easy, CURLOPT_PRIVATE, req);
+	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, req->curl_detail);
 	req->easy = easy;
 	old = MemoryContextSwitchTo(http_context);
 	active = lappend(active, req);
@@ -323,6 +324,43 @@ courier_http_poll(int timeout_ms)
 }
 
 /*
+ * transfer_error
+ *		Why a transfer failed.  TLS verification failures name the reason
+ *		in our words where libcurl's detail (the TLS library's wording,
+ *		which differs between versions) can be classified, and quote the
+ *		detail otherwise; other failures use libcurl's text for the code.
+ */
+static void
+transfer_error(CourierHttpRequest *req)
+{
+	const char *detail = req->curl_detail;
+	const char *text = curl_easy_strerror(req->curl_result);
+	bool		tls = (req->curl_result == CURLE_PEER_FAILED_VERIFICATION ||
+					   req->curl_result == CURLE_SSL_CONNECT_ERROR);
+
+	if (req->policy_refused)
+		text = POLICY_REFUSED_TEXT;
+	else if (tls && strstr(detail, "expired"))
+		text = "TLS: the endpoint's certificate has expired";
+	else if (tls && strstr(detail, "not yet valid"))
+		text = "TLS: the endpoint's certificate is not yet valid";
+	else if (tls && (strstr(detail, "issuer") || strstr(detail, "self-signed") ||
+					 strstr(detail, "self signed") || strstr(detail, "unknown ca") ||
+					 strstr(detail, "unable to get local")))
+		text = "TLS: the endpoint's certificate is not signed by a trusted CA (see courier.ca_file)";
+	else if (tls && (strstr(detail, "subject name") || strstr(detail, "does not match") ||
+					 strstr(detail, "hostname")))
+		text = "TLS: the endpoint's certificate does not name its host";
+	else if (tls && detail[0] != '\0')
+	{
+		/* unclassified: the TLS library's own reason */
+		snprintf(req->error, sizeof(req->error), "TLS: %s", detail);
+		return;
+	}
+	strlcpy(req->error, text, sizeof(req->error));
+}
+
+/*
  * courier_http_next_done
  *		The next finished request, or NULL.
  */
@@ -351,8 +389,7 @@ courier_http_next_done(void)
 		if (req->curl_result != CURLE_OK)
 		{
 			req->status = 0;
-			strlcpy(req->error, req->policy_refused ? POLICY_REFUSED_TEXT :
-					curl_easy_strerror(req->curl_result), sizeof(req->error));
+			transfer_error(req);
 		}
 		req->done = true;
 		return req;

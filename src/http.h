@@ -16,6 +16,8 @@
 
 /* The largest response body we keep; the rest is discarded (bounded memory). */
 #define COURIER_HTTP_MAX_RESPONSE	(4 * 1024 * 1024)
+/* The longest Retry-After we honour (seconds): a longer one holds the origin this long. */
+#define COURIER_RETRY_AFTER_MAX_S	3600
 /* What callers that only quote the answer (in an error text) need of it. */
 #define COURIER_HTTP_EXCERPT_RESPONSE	1024
 
@@ -33,6 +35,7 @@ typedef struct CourierHttpRequest
 	char		host[256];		/* the URL's host, for the endpoint policy */
 	size_t		max_response;	/* bytes of the answer kept */
 	bool		policy_refused; /* the endpoint policy refused an address */
+	char		curl_detail[256];	/* CURLOPT_ERRORBUFFER: libcurl's specific reason */
 } CourierHttpRequest;
 
 typedef struct CourierHttpOptions

@@ -1,8 +1,16 @@
 /*-------------------------------------------------------------------------
  *
  * outbox_breaker.c
- *	  Circuit breakers, one per endpoint origin (scheme://host:port), in
- *	  shared memory so that every database's worker sees the same state.
+ *	  Circuit breakers, one per endpoint (scheme://host:port/path: what an
+ *	  outbox points at), in shared memory so that every database's worker
+ *	  sees the same state; a Retry-After answer holds every endpoint of
+ *	  its origin (scheme://host:port).
+ *
+ * Scopes: a failing /bad must not stall a healthy /ok on the same server,
+ * so breakers count per endpoint.  A 429 or 503 with Retry-After is the
+ * server's pacing, not a failure: it holds every outbox sending to that
+ * origin until the given time (the CloudEvents HTTP webhook spec's MUST),
+ * capped at COURIER_RETRY_AFTER_MAX_S (http.h).
  *
  * closed --(breaker_failure_threshold consecutive failures)--> open
  * open --(breaker_reset_ms elapsed)--> half-open: exactly one probe request
@@ -33,7 +41,7 @@
 #include "outbox_registry.h"
 
 #define COURIER_MAX_BREAKERS	1024
-#define ORIGIN_LEN				256
+#define ORIGIN_LEN				512
 /* a breaker no worker looked up for this long serves no outbox: reusable */
 #define BREAKER_IDLE_MS			60000
 
@@ -52,6 +60,7 @@ struct CourierBreaker
 	uint64		opens;
 	uint64		successes;
 	uint64		failures;
+	TimestampTz hold_until;		/* Retry-After: nothing is sent before this */
 };
 
 typedef struct BreakerTable
@@ -147,8 +156,8 @@ courier_origin_text(const char *url)
 }
 
 /*
- * Entries are created by the workers for the origins of the outboxes they
- * serve, and any role can create outboxes with new origins: so a database
+ * Entries are created by the workers for the endpoints of the outboxes they
+ * serve, and any role can create outboxes with new ones: so a database
  * creates at most courier.max_outboxes_per_database entries, and entries
  * nobody looked up for BREAKER_IDLE_MS (their outboxes are gone) are reused,
  * least recently used first.  An endpoint without an entry simply has no
@@ -171,6 +180,7 @@ take_entry(CourierBreaker *b, const char *origin, TimestampTz now)
 	b->probe_inflight = false;
 	b->probe_started_at = b->opened_at = 0;
 	b->opens = b->successes = b->failures = 0;
+	b->hold_until = 0;
 	b->last_change_at = b->last_used_at = now;
 	SpinLockRelease(&b->mutex);
 }
@@ -345,6 +355,69 @@ courier_breaker_next_change(CourierBreaker *b)
 }
 
 /*
+ * courier_endpoint_identity
+ *		scheme://host:port/path of a URL (palloc'd): what a breaker counts
+ *		for.  No credentials, query or fragment; "" if it does not parse.
+ */
+char *
+courier_endpoint_identity(const char *url)
+{
+	CURLU	   *u = curl_url();
+	char	   *path = NULL;
+	char	   *origin = courier_origin_text(url);
+	char	   *result = origin;
+
+	if (origin[0] != '\0' && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+		curl_url_get(u, CURLUPART_PATH, &path, 0) == CURLUE_OK)
+		result = psprintf("%s%s", origin, path);
+	curl_free(path);
+	curl_url_cleanup(u);
+	return result;
+}
+
+/*
+ * courier_breaker_hold_origin
+ *		The origin (scheme://host:port) answered Retry-After: none of its
+ *		endpoints gets anything before until.  (An endpoint without an
+ *		entry has no hold, as it has no breaker.)
+ */
+void
+courier_breaker_hold_origin(const char *origin, TimestampTz until)
+{
+	size_t		len = strlen(origin);
+
+	if (breakers == NULL || len == 0)
+		return;
+	for (int i = 0; i < COURIER_MAX_BREAKERS; i++)
+	{
+		CourierBreaker *b = &breakers->entries[i];
+
+		SpinLockAcquire(&b->mutex);
+		if (strncmp(b->origin, origin, len) == 0 && (b->origin[len] == '/' || b->origin[len] == '\0') &&
+			until > b->hold_until)
+			b->hold_until = until;
+		SpinLockRelease(&b->mutex);
+	}
+}
+
+/*
+ * courier_breaker_held_until
+ *		The end of the endpoint's Retry-After hold, or 0 when it is not held.
+ */
+TimestampTz
+courier_breaker_held_until(CourierBreaker *b)
+{
+	TimestampTz t;
+
+	if (b == NULL)
+		return 0;
+	SpinLockAcquire(&b->mutex);
+	t = b->hold_until;
+	SpinLockRelease(&b->mutex);
+	return t > GetCurrentTimestamp() ? t : 0;
+}
+
+/*
  * courier_breakers
  *		courier.breakers(): every endpoint's breaker.
  */
@@ -420,5 +493,5 @@ courier_breaker_state(PG_FUNCTION_ARGS)
 Datum
 courier_origin(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_TEXT_P(cstring_to_text(courier_origin_text(text_to_cstring(PG_GETARG_TEXT_PP(0)))));
+	PG_RETURN_TEXT_P(cstring_to_text(courier_endpoint_identity(text_to_cstring(PG_GETARG_TEXT_PP(0)))));
 }

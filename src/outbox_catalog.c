@@ -114,8 +114,7 @@ refresh_query(void)
 					"  COALESCE(" OPT("batch_size") "::pg_catalog.int4, 0),"
 					"  COALESCE(" OPT("max_inflight") "::pg_catalog.int4, 0),"
 					"  COALESCE(" OPT("timeout_ms") "::pg_catalog.int4, 0),"
-					"  COALESCE(" OPT("source") ", '/pg_courier/'" CONCAT "pg_catalog.current_database()::pg_catalog.text"
-					CONCAT "'/'" CONCAT "n.nspname::pg_catalog.text" CONCAT "'.'" CONCAT "c.relname::pg_catalog.text),"
+					"  " OPT("source") ","
 					"  COALESCE(" OPT("envelope") ", 'cloudevents'),"
 					"  COALESCE(" OPT("retry_base_ms") "::pg_catalog.int4, 0),"
 					"  COALESCE(" OPT("retry_max_ms") "::pg_catalog.int4, 0),"
@@ -130,7 +129,12 @@ refresh_query(void)
 					"          'host', 'idempotency-key', 'transfer-encoding', 'connection', 'expect']::pg_catalog.text[])),"
 					"  c.relowner, o.options OPERATOR(pg_catalog.?) 'retention',"
 					"  COALESCE(" OPT("embedded_format") ", 'json') OPERATOR(pg_catalog.=) 'binary',"
-					"  " OPT("cluster_id") " "
+					"  " OPT("cluster_id") ","
+					"  pg_catalog.array_to_string(ARRAY(SELECT pg_catalog.jsonb_array_elements_text(CASE"
+					"    WHEN pg_catalog.jsonb_typeof(o.options OPERATOR(pg_catalog.->) 'signing_secret') OPERATOR(pg_catalog.=) 'array'"
+					"    THEN o.options OPERATOR(pg_catalog.->) 'signing_secret'"
+					"    ELSE pg_catalog.jsonb_build_array(o.options OPERATOR(pg_catalog.->) 'signing_secret') END)), E'\\n'),"
+					"  COALESCE(" OPT("max_request_bytes") "::pg_catalog.int4, 0) "
 					"FROM %s.outboxes o"
 					"  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) o.outbox::pg_catalog.oid"
 					"  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace",
@@ -224,6 +228,8 @@ courier_refresh_outboxes(List **outboxes)
 		ob->max_inflight = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
 		ob->timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
 		ob->source = state_text(tup, desc, 11, ob->settings);
+		if (ob->source == NULL)
+			ob->source = courier_default_source(relid, ob->settings);
 		ob->kafka_envelope = strcmp(state_text(tup, desc, 12, CurrentMemoryContext), "none") != 0;
 		ob->retry_base_ms = DatumGetInt32(SPI_getbinval(tup, desc, 13, &isnull));
 		ob->retry_max_ms = DatumGetInt32(SPI_getbinval(tup, desc, 14, &isnull));
@@ -237,13 +243,15 @@ courier_refresh_outboxes(List **outboxes)
 		ob->tls_verify = DatumGetBool(SPI_getbinval(tup, desc, 17, &isnull));
 		set_static_headers(ob, state_text(tup, desc, 18, ob->settings));
 		ob->origin = MemoryContextStrdup(ob->settings, courier_origin_text(ob->endpoint));
-		ob->breaker = courier_breaker_for(ob->origin);
+		ob->breaker = courier_breaker_for(courier_endpoint_identity(ob->endpoint));
 		ob->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 19, &isnull));
 		ob->retain = DatumGetBool(SPI_getbinval(tup, desc, 20, &isnull));
 		if (ob->fetch_plan && ob->plans_retain != ob->retain)
 			courier_free_plans(ob);
 		ob->kafka_binary = DatumGetBool(SPI_getbinval(tup, desc, 21, &isnull));
 		set_cluster_option(ob, SPI_getvalue(tup, desc, 22));
+		courier_signing_refresh(ob, state_text(tup, desc, 23, CurrentMemoryContext));
+		ob->max_request_bytes = DatumGetInt32(SPI_getbinval(tup, desc, 24, &isnull));
 		/* health: the table's shape, and a retry when a broken outbox's registration changed */
 		courier_health_refreshed(ob, tup, desc);
 	}

@@ -298,6 +298,26 @@ classify_discovery(const Delivery *d, Outcome *o)
 }
 
 /*
+ * endpoint_failure
+ *		Does the answer count against the endpoint's breaker?  Not answering
+ *		properly does (transport errors, 408, 425, 429, 5xx), except a 429 or
+ *		503 with Retry-After: that is the server pacing us, and it holds the
+ *		whole origin until then instead.
+ */
+static bool
+endpoint_failure(OutboxState *ob, const CourierHttpRequest *req)
+{
+	if ((req->status == 429 || req->status == 503) && req->retry_after_ms >= 0)
+	{
+		courier_breaker_hold_origin(ob->origin, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+																			req->retry_after_ms));
+		return false;
+	}
+	return req->status == 0 || req->status == 408 || req->status == 425 ||
+		req->status == 429 || req->status >= 500;
+}
+
+/*
  * classify
  *		Add a finished request's per-row outcomes to o.
  */
@@ -634,17 +654,19 @@ courier_complete(List *finished)
 			int			nok = o.nok,
 						nretry = o.retry.n,
 						ndead = o.dead.n;
+			bool		failed;
 
 			o.first_error = NULL;
 			o.refused = false;
 			o.failed_requests = 0;
-			classify(d, &o);
+			if (courier_split_wanted(d))
+				courier_split_delivery(d);	/* (its rows go on in two halves) */
+			else
+				classify(d, &o);
 			courier_counters_record(ob->counters, o.nok - nok, o.retry.n - nretry + o.failed_requests,
 									o.dead.n - ndead, o.first_error);
-			courier_breaker_record(ob->breaker,
-								   !o.refused && !(d->req->status == 0 || d->req->status == 408 || d->req->status == 425 ||
-									 d->req->status == 429 || d->req->status >= 500),
-								   d->probe);
+			failed = endpoint_failure(ob, d->req);	/* (first: a Retry-After holds the origin) */
+			courier_breaker_record(ob->breaker, !o.refused && !failed, d->probe);
 		}
 		if (!record_contained(ob, &o))
 		{
@@ -668,6 +690,9 @@ courier_complete(List *finished)
 			ob->rescan = true;
 			ob->rescan_at = 0;
 		}
+		/* the next parts of split batches, now that these outcomes are known */
+		for (int j = first; j < end; j++)
+			courier_split_continue(list_nth(finished, j));
 	}
 
 	MemoryContextSwitchTo(old);

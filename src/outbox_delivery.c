@@ -44,6 +44,11 @@
 #define OB_INFLIGHT(ob) ((ob)->max_inflight > 0 ? (ob)->max_inflight : courier_max_inflight)
 #define OB_TIMEOUT(ob)	((ob)->timeout_ms > 0 ? (ob)->timeout_ms : courier_http_timeout_ms)
 #define OB_BATCHED(ob)	(COURIER_FORMAT_IS_KAFKA((ob)->format) || (ob)->ce_batch)
+/* the option may lower the GUC, never raise it */
+#define OB_MAX_REQUEST(ob)	((ob)->max_request_bytes > 0 ? \
+							 Min((ob)->max_request_bytes, courier_max_request_bytes) : courier_max_request_bytes)
+/* room kept in Delivery.extra for the signature headers */
+#define SIGNING_HEADERS		3
 
 /*
  * new_delivery
@@ -64,6 +69,9 @@ new_delivery(OutboxState *ob, int maxrows, const char *topic)
 	d->result = MemoryContextAllocZero(cxt, maxrows);
 	d->keyhashes = MemoryContextAlloc(cxt, sizeof(uint32) * maxrows);
 	d->haskey = MemoryContextAlloc(cxt, sizeof(bool) * maxrows);
+	d->span_start = MemoryContextAlloc(cxt, sizeof(int) * maxrows);
+	d->span_end = MemoryContextAlloc(cxt, sizeof(int) * maxrows);
+	d->event_ids = MemoryContextAlloc(cxt, sizeof(char *) * maxrows);
 	d->topic = topic ? MemoryContextStrdup(cxt, topic) : NULL;
 	d->extra = MemoryContextAllocZero(cxt, sizeof(char *) * 96);
 	for (int i = 0; i < ob->nstatic_headers; i++)
@@ -95,12 +103,15 @@ add_row(Delivery *d, const OutboxRow *r, uint32 keyhash)
 	else
 		appendStringInfoChar(&d->body, ',');
 
+	d->span_start[d->nrows] = d->body.len;
 	if (ob->format == COURIER_FORMAT_KAFKA_REST_V2)
 		courier_format_kafka_record(&d->body, ob, r);
 	else if (ob->format == COURIER_FORMAT_KAFKA_REST_V3)
 		courier_format_kafka_v3_entry(&d->body, ob, r, d->nrows);
 	else
 		courier_format_cloudevent(&d->body, ob, r);
+	d->span_end[d->nrows] = d->body.len;
+	d->event_ids[d->nrows] = pstrdup(r->event_id);
 
 	if (!OB_BATCHED(ob))
 	{
@@ -111,11 +122,13 @@ add_row(Delivery *d, const OutboxRow *r, uint32 keyhash)
 			char	   *save;
 			char	   *line;
 
-			for (line = strtok_r(pstrdup(r->headers), "\n", &save); line && d->nextra < 96;
+			for (line = strtok_r(pstrdup(r->headers), "\n", &save); line && d->nextra < 96 - SIGNING_HEADERS;
 				 line = strtok_r(NULL, "\n", &save))
 				d->extra[d->nextra++] = line;
 		}
 	}
+	if (d->nrows == 0)
+		d->webhook_id = pstrdup(r->event_id);
 	MemoryContextSwitchTo(old);
 
 	d->ids[d->nrows] = r->id;
@@ -169,6 +182,18 @@ start_delivery(Delivery *d)
 		/* a CloudEvents answer is only ever quoted in an error: keep no more than that needs */
 		o.max_response = COURIER_HTTP_EXCERPT_RESPONSE;
 	}
+	/*
+	 * Standard Webhooks: the message id is the event's, or for a batch one
+	 * made of its first event's id and its size (the same batch retried
+	 * keeps it).
+	 */
+	if (ob->nsigning_keys > 0)
+	{
+		if (d->nrows > 1)
+			d->webhook_id = psprintf("batch_%s_%d", d->webhook_id, d->nrows);
+		d->nextra += courier_signing_headers(ob, d->webhook_id, d->body.data, d->body.len,
+											 d->extra + d->nextra);
+	}
 	MemoryContextSwitchTo(old);
 	/* (the endpoint was checked when registered: libcurl parses it as it did then) */
 	if (d->url == NULL)
@@ -187,6 +212,23 @@ start_delivery(Delivery *d)
 }
 
 /*
+ * too_large_with
+ *		Would the row make the request's body larger than the outbox's
+ *		max_request_bytes?  Estimated from above: the row's texts (a key
+ *		twice: subject and partitionkey; escapes may double them) and the
+ *		fixed attributes.
+ */
+static bool
+too_large_with(const Delivery *d, const OutboxRow *r)
+{
+	size_t		row = strlen(r->payload) + 2 * (strlen(r->topic) + strlen(d->ob->source)) + 256;
+
+	if (r->key)
+		row += 4 * strlen(r->key);
+	return d->body.data != NULL && (size_t) d->body.len + row > (size_t) OB_MAX_REQUEST(d->ob);
+}
+
+/*
  * open_delivery_for
  *		The request a row goes into: an open one with room (batched formats,
  *		same topic for Kafka) or a new one if the in-flight budget allows.
@@ -202,15 +244,14 @@ open_delivery_for(OutboxState *ob, List **open, const OutboxRow *r, int *budget)
 	foreach(lc, *open)
 	{
 		d = lfirst(lc);
-		if (d->nrows < d->maxrows && (!kafka || strcmp(d->topic, r->topic) == 0))
+		if (kafka && strcmp(d->topic, r->topic) != 0)
+			continue;
+		if (d->nrows < d->maxrows && !too_large_with(d, r))
 			return d;
-		if (kafka && strcmp(d->topic, r->topic) == 0)
-		{
-			/* full: send it now and open another below */
-			start_delivery(d);
-			*open = foreach_delete_current(*open, lc);
-			break;
-		}
+		/* full (events or bytes): send it now and open another below */
+		start_delivery(d);
+		*open = foreach_delete_current(*open, lc);
+		break;
 	}
 	if (*budget <= 0)
 		return NULL;
@@ -278,6 +319,7 @@ courier_dispatch_possible(OutboxState *ob)
 	TimestampTz next = courier_breaker_next_change(ob->breaker);
 
 	if (!ob->enabled || OB_INFLIGHT(ob) <= ob->inflight || (next != 0 && now < next) ||
+		courier_breaker_held_until(ob->breaker) != 0 ||
 		ob->shape_problem || courier_health_resting(&ob->delivery, now))
 		return false;
 	/* Kafka REST v3 without its cluster id: only a discovery could start, when due */
@@ -572,6 +614,9 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	if (ob->format == COURIER_FORMAT_KAFKA_REST_V3 && courier_kafka_v3_cluster(ob) == NULL)
 		return discover_cluster(ob);
 
+	/* the origin asked us to wait (Retry-After) */
+	if (courier_breaker_held_until(ob->breaker) != 0)
+		return false;
 	/* an open breaker sends nothing (rows keep their attempts); half-open sends one probe */
 	admitted = courier_breaker_admit(ob->breaker);
 	if (admitted == 0)
@@ -685,4 +730,21 @@ courier_dispatch_abort(OutboxState *ob)
 	ob->open = NIL;
 	ob->rescan = true;
 	ob->rescan_at = 0;
+}
+
+/*
+ * courier_delivery_new / courier_delivery_start
+ *		new_delivery and start_delivery for the parts of a split batch
+ *		(outbox_split.c).
+ */
+Delivery *
+courier_delivery_new(OutboxState *ob, int maxrows, const char *topic)
+{
+	return new_delivery(ob, maxrows, topic);
+}
+
+void
+courier_delivery_start(Delivery *d)
+{
+	start_delivery(d);
 }

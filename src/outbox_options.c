@@ -37,6 +37,7 @@ static const struct
 	{"retry_base_ms", "courier.retry_base_ms"},
 	{"retry_max_ms", "courier.retry_max_ms"},
 	{"max_attempts", "courier.max_attempts"},
+	{"max_request_bytes", "courier.max_request_bytes"},
 };
 
 /*

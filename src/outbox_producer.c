@@ -212,6 +212,27 @@ check_key_length(int keylen)
 }
 
 /*
+ * check_topic_not_empty
+ *		An empty topic is no CloudEvents type and no Kafka topic: refused
+ *		here rather than dead-lettered later (NULL means the default topic).
+ */
+static void
+check_topic_not_empty(Relation rel, AttrNumber attnum, HeapTuple tuple)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (attnum == InvalidAttrNumber)
+		return;
+	d = heap_getattr(tuple, attnum, RelationGetDescr(rel), &isnull);
+	if (!isnull && VARSIZE_ANY_EXHDR(DatumGetPointer(PG_DETOAST_DATUM_PACKED(d))) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event topic must not be empty"),
+				 errhint("Leave the topic NULL to use the outbox's default topic.")));
+}
+
+/*
  * courier_outbox_before_insert
  *		BEFORE INSERT FOR EACH ROW on every outbox: checks the payload size,
  *		registers the row's key for ordering and assigns its id.
@@ -247,6 +268,7 @@ courier_outbox_before_insert(PG_FUNCTION_ARGS)
 	check_event_size(rel, e->att_headers, tuple, NULL);
 	check_event_size(rel, e->att_topic, tuple, NULL);
 	check_event_size(rel, e->att_key, tuple, NULL);
+	check_topic_not_empty(rel, e->att_topic, tuple);
 
 	d = heap_getattr(tuple, e->att_key, RelationGetDescr(rel), &isnull);
 	if (!isnull)

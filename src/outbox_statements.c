@@ -70,7 +70,9 @@ append_select(StringInfo sql, const OutboxState *ob, const char *topic_param)
 					 "        AND NOT (h.v OPERATOR(pg_catalog.~) '[[:cntrl:]]') "
 					 "        AND NOT (pg_catalog.lower(h.k) OPERATOR(pg_catalog.=) ANY ("
 					 "              '{content-type,content-length,host,idempotency-key,transfer-encoding,"
-					 "                connection,expect}'::pg_catalog.text[]))) END, "
+					 "                connection,expect,user-agent}'::pg_catalog.text[])) "
+					 /* (CloudEvents attributes come from the body; signatures are ours) */
+					 "        AND NOT (pg_catalog.lower(h.k) OPERATOR(pg_catalog.~) '^(ce|webhook)-')) END, "
 					 "  o.created_at, o.attempts, "
 					 "  o.key IS NOT NULL AND (EXISTS (SELECT 1 FROM %s f "
 					 "       WHERE f.attempts OPERATOR(pg_catalog.>) 0 AND f.key OPERATOR(pg_catalog.=) o.key "

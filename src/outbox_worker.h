@@ -81,6 +81,13 @@ typedef struct OutboxHealth
 	bool		writes_failed;	/* it broke recording results: only a recorded result mends it */
 } OutboxHealth;
 
+/* A Standard Webhooks signing key: the decoded bytes of a "whsec_" secret (outbox_signing.c). */
+typedef struct CourierSigningKey
+{
+	uint8		key[64];
+	int			len;
+} CourierSigningKey;
+
 /* What the worker knows about one registered outbox. */
 typedef struct OutboxState
 {
@@ -118,6 +125,9 @@ typedef struct OutboxState
 	char	   *origin;			/* scheme://host:port: the breaker's identity */
 	CourierBreaker *breaker;
 	Oid			owner;			/* the table's owner: its statements run as this role */
+	CourierSigningKey *signing_keys;	/* option signing_secret (in settings; never logged) */
+	int			nsigning_keys;
+	int			max_request_bytes;	/* option; 0: the GUC */
 
 	int			inflight;		/* requests in flight */
 	int64	   *acked;			/* acknowledged by the endpoint, deletion not yet recorded */
@@ -181,10 +191,35 @@ typedef struct Delivery
 	CourierHttpRequest *req;
 	bool		probe;			/* the half-open breaker's probe */
 	bool		discovery;		/* v3: GET /v3/clusters, carrying no rows */
+	char	   *webhook_id;		/* signed requests: the event id, or the batch's id */
+	/* splitting a refused batch (outbox_split.c) */
+	int		   *span_start;		/* row i's text is body[span_start[i] .. span_end[i]) */
+	int		   *span_end;
+	char	  **event_ids;
+	struct Delivery *then;		/* the next part of a split batch: sent after this one */
+	uint32	   *failed_keys;	/* keys that must not go on in the next parts */
+	int			nfailed_keys;
 } Delivery;
 
 /* outbox_worker.c: what lives as long as the worker (outbox states, deliveries) */
 extern PGDLLIMPORT MemoryContext courier_worker_context;
+
+/* outbox_delivery.c */
+extern Delivery *courier_delivery_new(OutboxState *ob, int maxrows, const char *topic);
+extern void courier_delivery_start(Delivery *d);
+
+/* outbox_split.c */
+extern bool courier_split_wanted(const Delivery *d);
+extern void courier_split_delivery(Delivery *d);
+extern void courier_split_continue(Delivery *d);
+
+/* outbox_source.c */
+extern char *courier_default_source(Oid relid, MemoryContext cxt);
+
+/* outbox_signing.c */
+extern void courier_signing_refresh(OutboxState *ob, char *lines);
+extern int	courier_signing_headers(const OutboxState *ob, const char *msg_id, const char *body,
+									size_t len, const char **headers);
 
 /* outbox_format.c */
 extern void courier_decode_row(HeapTuple tup, TupleDesc desc, const OutboxState *ob, OutboxRow *r);

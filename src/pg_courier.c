@@ -39,6 +39,7 @@ int			courier_max_inflight = 32;
 int			courier_http_timeout_ms = 10000;
 int			courier_batch_size = 1000;
 int			courier_max_payload_bytes = 1024 * 1024;
+int			courier_max_request_bytes = 8 * 1024 * 1024;
 int			courier_max_databases = 16;
 int			courier_retry_base_ms = 1000;
 int			courier_retry_max_ms = 300000;
@@ -140,6 +141,13 @@ define_outbox_gucs(void)
 							&courier_max_payload_bytes,
 							1024 * 1024, 64, MaxAllocSize / 4,
 							PGC_SUSET, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.max_request_bytes",
+							"Largest body of a batched request (bytes); an outbox option may lower it.",
+							"A batch is sent once the next event would make it larger; an event alone may exceed it.",
+							&courier_max_request_bytes,
+							8 * 1024 * 1024, 1024, MaxAllocSize / 2,
+							PGC_SIGHUP, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("courier.retry_base_ms",
 							"Base of the exponential backoff between delivery attempts.",

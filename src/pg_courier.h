@@ -30,6 +30,7 @@ extern int	courier_max_inflight;
 extern int	courier_http_timeout_ms;
 extern int	courier_batch_size;
 extern int	courier_max_payload_bytes;
+extern int	courier_max_request_bytes;
 extern int	courier_max_databases;
 extern char *courier_ca_file;
 extern int	courier_retry_base_ms;

@@ -108,6 +108,20 @@ sub _ctl {
 sub stats    { $_[0]->_ctl(GET => '/_sink/stats') }
 sub ids      { $_[0]->_ctl(GET => '/_sink/ids') }
 sub requests { $_[0]->_ctl(GET => '/_sink/requests') }
+sub raw      { $_[0]->_ctl(GET => '/_sink/raw') }
+
+# judge(MODE, SECRET): run test/receivers/judge.js (the official CloudEvents SDK or Standard
+# Webhooks verifier) over every raw request recorded (config record_raw); returns its verdict
+# {requests, events, failures => [...], ids => [...]}.
+sub judge {
+    my ($s, $mode, $secret) = @_;
+    my $node = $ENV{COURIER_SINK_NODE} // 'node';
+    my @cmd = ($node, "$ROOT/test/receivers/judge.js", $mode, $s->control_url, defined $secret ? ($secret) : ());
+    open(my $fh, '-|', @cmd) or die "CourierSink: cannot run judge.js: $!\n";
+    my $out = do { local $/; <$fh> };
+    close($fh) or die "CourierSink: judge.js failed (status $?)\n";
+    return JSON::PP::decode_json($out);
+}
 sub count    { my ($s, $id) = @_; $s->_ctl(GET => '/_sink/count?id=' . _esc($id))->{count} }
 sub latency  { my ($s, $f) = @_; $s->_ctl(GET => '/_sink/latency' . (defined $f ? '?field=' . _esc($f) : '')) }
 sub config   { my ($s, %h) = @_; $s->_ctl(POST => '/_sink/config', \%h) }

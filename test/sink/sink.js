@@ -45,7 +45,12 @@ const now = () => performance.timeOrigin + performance.now();
 // ---------------------------------------------------------------- state
 const config = { record_data: true, order_field: null, id_field: null, latency_field: null,
   topics: null, ce_success_status: 200, require_headers: null,
-  kafka_shape: 'confluent', cluster_id: 'sink-cluster-1' };
+  kafka_shape: 'confluent', cluster_id: 'sink-cluster-1',
+  record_raw: false, max_body: null, reject_types: null };
+// Raw requests (config record_raw): {t, method, url, raw_headers, body, status}, for receiver
+// libraries to judge exactly what was sent (test/receivers).
+const RAW_MAX = 20000;
+let raw = [];
 const FMT = ['ce', 'ce-batch', 'kafka'];
 const FMT_CE = 0, FMT_BATCH = 1, FMT_KAFKA = 2;
 
@@ -328,11 +333,17 @@ function handleProtocol(req, res) {
   res.recentEntry = entry;
   const chunks = [];
   let size = 0, tooBig = false;
-  req.on('data', (c) => { size += c.length; if (size > opts.maxBody) tooBig = true; else chunks.push(c); });
+  const maxBody = config.max_body !== null ? config.max_body : opts.maxBody;
+  req.on('data', (c) => { size += c.length; if (size > maxBody) tooBig = true; else chunks.push(c); });
   req.on('end', () => {
     counters.bytes += size;
     try {
-      if (tooBig) return ceError(res, 413, `body larger than ${opts.maxBody} bytes`, { Connection: 'close' });
+      if (config.record_raw && raw.length < RAW_MAX) {
+        entry.raw_headers = req.rawHeaders; entry.body_bytes = size;
+        entry.body = tooBig ? null : Buffer.concat(chunks).toString('utf8');
+        raw.push(entry);
+      }
+      if (tooBig) return ceError(res, 413, `body larger than ${maxBody} bytes`, { Connection: 'close' });
       const body = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
       dispatch(req, res, body, entry);
     } catch (e) { internalError(res, e); }
@@ -397,6 +408,11 @@ function checkRequiredHeaders(req) {
   return true;
 }
 
+// config reject_types: the receiver refuses events of these types (400), like an invalid event.
+function refusedType(ev) {
+  return config.reject_types !== null && config.reject_types.includes(ev.type) ? `type "${ev.type}" refused` : null;
+}
+
 // Each handler validates + records now and returns the (possibly delayed) reply closure.
 function handleCE(req, res, ct, format, parsed, parseErr, t, p, ctx) {
   if (req.method !== 'POST') return () => ceError(res, 405, 'only POST is allowed', { Allow: 'POST' });
@@ -407,7 +423,7 @@ function handleCE(req, res, ct, format, parsed, parseErr, t, p, ctx) {
   if (parseErr !== null) return () => ceError(res, 400, `invalid JSON: ${parseErr}`);
   let events;
   if (format === 'ce') {
-    const err = validateCE(parsed);
+    const err = validateCE(parsed) || refusedType(parsed);
     if (err) return () => ceError(res, 400, err);
     const ik = req.headers['idempotency-key'];
     if (ik === undefined) return () => ceError(res, 400, 'Idempotency-Key header required');
@@ -418,7 +434,7 @@ function handleCE(req, res, ct, format, parsed, parseErr, t, p, ctx) {
     if (!Array.isArray(parsed)) return () => ceError(res, 400, 'batch body must be a JSON array');
     if (parsed.length === 0) return () => ceError(res, 400, 'batch must not be empty');
     for (let i = 0; i < parsed.length; i++) {
-      const err = validateCE(parsed[i]);
+      const err = validateCE(parsed[i]) || refusedType(parsed[i]);
       if (err) return () => ceError(res, 400, `event ${i}: ${err}`);
     }
     events = parsed;
@@ -667,13 +683,17 @@ function control(req, res, bodyText, tooBig) {
     }
     case 'GET /_sink/latency': return ctlSend(res, 200, latency(q.get('field')));
     case 'GET /_sink/requests': return ctlSend(res, 200, recent);
+    case 'GET /_sink/raw': {
+      const from = Math.max(1, parseInt(q.get('from') || '1', 10) || 1);
+      return ctlSend(res, 200, raw.slice(from - 1));
+    }
     case 'GET /_sink/config': return ctlSend(res, 200, config);
     case 'POST /_sink/config': {
       const err = applyConfig(body);
       return err ? ctlSend(res, 400, { error: err }) : ctlSend(res, 200, config);
     }
     case 'POST /_sink/reset':
-      rec = newRecords(); counters = newCounters(); recent.length = 0;
+      rec = newRecords(); counters = newCounters(); recent.length = 0; raw = [];
       log('reset');
       return ctlSend(res, 200, { ok: true });
     case 'GET /_sink/faults': return ctlSend(res, 200, planView());
@@ -727,6 +747,13 @@ function applyConfig(b) {
       case 'cluster_id':
         if (typeof v !== 'string' || v === '') return 'cluster_id must be a non-empty string';
         config.cluster_id = v; break;
+      case 'record_raw': config.record_raw = !!v; break;
+      case 'max_body':
+        if (v !== null && !(Number.isInteger(v) && v > 0)) return 'max_body must be a positive integer or null';
+        config.max_body = v; break;
+      case 'reject_types':
+        if (v !== null && !(Array.isArray(v) && v.every((x) => typeof x === 'string'))) return 'reject_types must be an array of types or null';
+        config.reject_types = v; break;
       case 'require_headers':
         if (v !== null && (typeof v !== 'object' || Array.isArray(v))) return 'require_headers must be an object or null';
         config.require_headers = v; break;

@@ -168,10 +168,10 @@ my $breaker_sql = q{SELECT breaker_state FROM courier.outbox_stats WHERE outbox 
 ok(CourierTest::wait_until(sub { $node->safe_psql('postgres', $breaker_sql) =~ /open/ }, timeout => 30, what => 'breaker open'),
 	'down: the breaker opens');
 my $attempts_open = $node->safe_psql('postgres', 'SELECT sum(attempts) FROM ob_down');
-my $opens = $node->safe_psql('postgres', "SELECT opens FROM courier.breakers() WHERE endpoint = courier._origin('${\ $sink->url('/')}')");
+my $opens = $node->safe_psql('postgres', "SELECT opens FROM courier.breakers() WHERE endpoint = courier._origin('${\ $sink->url('/hook/down')}')");
 # Let several reset periods pass (each lets exactly one probe through).
 ok(CourierTest::wait_until(sub {
-	$node->safe_psql('postgres', "SELECT opens FROM courier.breakers() WHERE endpoint = courier._origin('${\ $sink->url('/')}')") >= $opens + 3 },
+	$node->safe_psql('postgres', "SELECT opens FROM courier.breakers() WHERE endpoint = courier._origin('${\ $sink->url('/hook/down')}')") >= $opens + 3 },
 	timeout => 60, what => 'probes'), 'down: half-open probes fail and re-open the breaker');
 my $attempts_later = $node->safe_psql('postgres', 'SELECT sum(attempts) FROM ob_down');
 cmp_ok($attempts_later - $attempts_open, '<=', 4, 'down: while open, only the probes spend attempts (' .

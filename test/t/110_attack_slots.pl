@@ -112,7 +112,7 @@ my $metrics = $node->safe_psql('postgres', q{SELECT courier.metrics()});
 like($metrics, qr/courier_outbox_pending\{database="postgres",outbox="alice.extra"\} 0/, 'metrics() still lists it');
 unlike($metrics, qr/courier_outbox_delivered_total\{database="postgres",outbox="alice.extra"\}/, 'without a made-up counter');
 
-# --- circuit breakers (shared by endpoint origin) are shared out per database too ---------------
+# --- circuit breakers (one per endpoint) are shared out per database too ---------------
 # Eight more outboxes with eight new origins (closed local ports, nothing sent): this database may
 # create at most 4 breakers, one of which it made for the sink already.
 $node->safe_psql('postgres', q{ALTER TABLE courier.outboxes DISABLE TRIGGER outboxes_quota});
@@ -123,7 +123,7 @@ ok(CourierTest::wait_until(sub { $node->safe_psql('postgres', $bsql) eq '3' }, t
 	'the database got breakers for three of the new origins');
 $node->safe_psql('db2', q{SELECT courier.create_outbox('other3', 'http://127.0.0.1:40100/')});
 ok(CourierTest::wait_until(sub {
-	$node->safe_psql('postgres', q{SELECT count(*) FROM courier.breakers() WHERE endpoint = 'http://127.0.0.1:40100'}) eq '1' },
+	$node->safe_psql('postgres', q{SELECT count(*) FROM courier.breakers() WHERE endpoint = courier._origin('http://127.0.0.1:40100/')}) eq '1' },
 	timeout => 90, what => 'db2 breaker'), 'another database still gets a breaker for its new origin');
 is($node->safe_psql('postgres', $bsql), '3', 'and the first database got no more');
 
