@@ -34,6 +34,7 @@
 
 #include "pg_courier.h"
 #include "cache.h"
+#include "key_space.h"
 
 PG_FUNCTION_INFO_V1(courier_cache_set_text);
 PG_FUNCTION_INFO_V1(courier_cache_set_jsonb);
@@ -257,13 +258,17 @@ courier_cache_shmem_init(void)
 
 /*
  * cache_check_available
- *		Error out, with a hint, when there is no cache to use.
+ *		Error out, with a hint, when there is no cache to use; otherwise set
+ *		the key space of this call (every SQL entry point starts here).
  */
 void
 cache_check_available(void)
 {
 	if (likely(cache_shared != NULL))
+	{
+		cache_space = courier_key_space();
 		return;
+	}
 	courier_require_preload("the courier cache");
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

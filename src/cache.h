@@ -63,6 +63,7 @@ typedef struct CacheEntry
 	int32		chunk;			/* first chunk of key || value */
 	int32		nchunks;
 	Oid			dboid;			/* keys are namespaced by database */
+	Oid			owner;			/* ... and by key space (key_space.c) */
 	uint16		keylen;
 	uint8		state;
 	uint8		type;
@@ -160,5 +161,14 @@ extern void cache_partition_init(CachePartition *p, int32 nentries, int32 nchunk
 
 /* cache_inval.c */
 extern bool cache_inval_pending(void);
+
+/*
+ * The key space (a role, key_space.c) of the cache call being made: set by
+ * cache_check_available() at each SQL entry point, and by code acting for
+ * another call (the commit-time invalidation, the end of a load) before it
+ * looks keys up.  Entries of other key spaces are invisible to lookups and
+ * deletions.
+ */
+extern Oid	cache_space;
 
 #endif							/* COURIER_CACHE_H */

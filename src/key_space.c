@@ -1,0 +1,81 @@
+/*-------------------------------------------------------------------------
+ *
+ * key_space.c
+ *	  Key spaces: idempotency keys, consume_once markers and cache entries
+ *	  belong to a role.
+ *
+ * Every key lives in the key space of one role, which is part of the key:
+ * the same key written by two roles is two keys.  A call uses the key space
+ * of the current role (current_user: SET ROLE app_tenant makes the session
+ * that tenant), unless the setting courier.key_space names another role; a
+ * role may use the key space of a role it is a member of (directly or
+ * through other roles, whether it may SET ROLE to it or inherits its
+ * privileges), and of no other.  Sharing keys between roles is therefore a
+ * deliberate act of the one who grants the membership: create a role for
+ * the shared space (NOLOGIN), GRANT it to the roles that share, and have
+ * them SET courier.key_space to it (or ALTER ROLE ... SET it).
+ *
+ * Trust: the setting is chosen by the caller and is never trusted; it is
+ * resolved and checked on every call (a syscache lookup; membership lists
+ * are cached by PostgreSQL).  Functions that run as the extension's owner
+ * must call courier_key_space() before they change identity.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/guc.h"
+
+#include "pg_courier.h"
+#include "key_space.h"
+
+/* courier.key_space: a role name, or '' for the current role */
+char	   *courier_key_space_setting = NULL;
+
+/*
+ * courier_key_space_init
+ *		Define courier.key_space (any role may set it; it is checked on use).
+ */
+void
+courier_key_space_init(void)
+{
+	DefineCustomStringVariable("courier.key_space",
+							   "Role whose idempotency keys, consume_once markers and cache entries this session uses.",
+							   "Empty: the current role.  Only a role the current role is a member of can be named.",
+							   &courier_key_space_setting,
+							   "",
+							   PGC_USERSET, 0,
+							   NULL, NULL, NULL);
+}
+
+/*
+ * courier_key_space
+ *		The role owning the keys this call reads and writes: the current role,
+ *		or the role courier.key_space names if the current role is a member
+ *		of it.  Raises 42704 / 42501 otherwise.
+ */
+Oid
+courier_key_space(void)
+{
+	Oid			user = GetUserId();
+	Oid			space;
+
+	if (likely(courier_key_space_setting == NULL || courier_key_space_setting[0] == '\0'))
+		return user;
+	space = get_role_oid(courier_key_space_setting, true);
+	if (!OidIsValid(space))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("key space role \"%s\" does not exist", courier_key_space_setting),
+				 errhint("courier.key_space names the role whose keys are shared; '' uses the current role's own.")));
+	if (space != user && !is_member_of_role(user, space))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to use the key space of role \"%s\"", courier_key_space_setting),
+				 errdetail("Only members of a role share its idempotency keys, consume_once markers and cache entries."),
+				 errhint("A member of role \"%s\" with ADMIN OPTION (or a superuser) can GRANT it to this role.",
+						 courier_key_space_setting)));
+	return space;
+}
