@@ -24,6 +24,7 @@
  */
 #include "postgres.h"
 
+#include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/guc.h"
@@ -78,4 +79,17 @@ courier_key_space(void)
 				 errhint("A member of role \"%s\" with ADMIN OPTION (or a superuser) can GRANT it to this role.",
 						 courier_key_space_setting)));
 	return space;
+}
+
+PG_FUNCTION_INFO_V1(courier_key_space_current);
+
+/*
+ * courier_key_space_current
+ *		courier.key_space(): the role whose keys this session uses now (an
+ *		error when courier.key_space names a role it may not use).
+ */
+Datum
+courier_key_space_current(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_OID(courier_key_space());
 }
