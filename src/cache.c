@@ -592,12 +592,15 @@ courier_cache_delete_prefix(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("cache key prefix must not be empty"),
 				 errhint("Use courier.cache_clear() to delete every key.")));
-	PG_RETURN_INT64(cache_delete_matching(VARDATA_ANY(prefix), VARSIZE_ANY_EXHDR(prefix), false));
+	PG_RETURN_INT64(cache_delete_matching(VARDATA_ANY(prefix), VARSIZE_ANY_EXHDR(prefix),
+										  CACHE_REACH_KEY_SPACE));
 }
 
 /*
  * courier_cache_clear
- *		courier.cache_clear(all_databases): number of values deleted.
+ *		courier.cache_clear(all_databases): number of values deleted, of
+ *		every key space (an administrator's function: EXECUTE is revoked
+ *		from PUBLIC).
  */
 Datum
 courier_cache_clear(PG_FUNCTION_ARGS)
@@ -609,7 +612,7 @@ courier_cache_clear(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("only superusers can clear the cache of every database")));
-	PG_RETURN_INT64(cache_delete_matching("", 0, all));
+	PG_RETURN_INT64(cache_delete_matching("", 0, all ? CACHE_REACH_CLUSTER : CACHE_REACH_DATABASE));
 }
 
 /*

@@ -153,7 +153,15 @@ extern int32 cache_insert(CachePartition *p, uint32 hash, const char *key, int k
 extern struct varlena *cache_copy_value(CachePartition *p, CacheEntry *e);
 extern bool cache_key_has_prefix(CachePartition *p, CacheEntry *e, const char *prefix, int len);
 extern bool cache_delete_key(const char *key, int keylen);
-extern int64 cache_delete_matching(const char *prefix, int len, bool all_databases);
+/* What cache_delete_matching reaches. */
+typedef enum CacheReach
+{
+	CACHE_REACH_KEY_SPACE,		/* this database, the current key space */
+	CACHE_REACH_DATABASE,		/* this database, every key space */
+	CACHE_REACH_CLUSTER			/* every database */
+} CacheReach;
+
+extern int64 cache_delete_matching(const char *prefix, int len, CacheReach reach);
 extern void cache_partition_layout(int npartitions, Size bytes, int max_entries,
 								   int32 *nentries, int32 *nchunks, int32 *nbuckets);
 extern Size cache_partition_size(int32 nentries, int32 nchunks, int32 nbuckets);

@@ -89,7 +89,7 @@ invalidate_pending(void)
 
 		cache_space = pk->space;
 		if (pk->prefix)
-			cache_delete_matching(pk->key, pk->len, false);
+			cache_delete_matching(pk->key, pk->len, CACHE_REACH_KEY_SPACE);
 		else
 			cache_delete_key(pk->key, pk->len);
 	}

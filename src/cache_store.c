@@ -388,13 +388,14 @@ cache_delete_key(const char *key, int keylen)
 
 /*
  * cache_delete_matching
- *		Delete every key of this database and key space starting with prefix
- *		(every key when len = 0), or of every database and key space.  Partitions are locked one at a
+ *		Delete every key starting with prefix (every key when len = 0) of
+ *		this database and key space, of every key space of this database, or
+ *		of the whole cluster (reach).  Partitions are locked one at a
  *		time, so the deletion is not atomic across partitions.  Returns the
  *		number of values deleted.  Never raises an error.
  */
 int64
-cache_delete_matching(const char *prefix, int len, bool all_databases)
+cache_delete_matching(const char *prefix, int len, CacheReach reach)
 {
 	int64		count = 0;
 
@@ -411,8 +412,9 @@ cache_delete_matching(const char *prefix, int len, bool all_databases)
 			CacheEntry *e = &p->entries[idx];
 			int32		next = e->next;
 
-			if ((all_databases ||
-				 (e->dboid == MyDatabaseId && e->owner == cache_space)) &&
+			if ((reach == CACHE_REACH_CLUSTER ||
+				 (e->dboid == MyDatabaseId &&
+				  (reach == CACHE_REACH_DATABASE || e->owner == cache_space))) &&
 				cache_key_has_prefix(p, e, prefix, len))
 			{
 				if (e->state == CACHE_VALID)
