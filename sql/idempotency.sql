@@ -174,7 +174,6 @@ SELECT consumer, owner FROM courier.consumed_events;
 DELETE FROM courier.consumed_events WHERE consumer = 'shipping';
 RESET ROLE;
 SELECT count(*) AS shipping_markers_kept FROM courier.consumed_events WHERE consumer = 'shipping';
-SET ROLE idem_app;
 RESET ROLE;
 DROP ROLE idem_app;
 

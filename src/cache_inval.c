@@ -44,6 +44,7 @@
 
 #include "pg_courier.h"
 #include "cache.h"
+#include "key_space.h"
 
 PG_FUNCTION_INFO_V1(courier_cache_invalidate_trigger);
 
@@ -259,7 +260,7 @@ courier_cache_invalidate_trigger(PG_FUNCTION_ARGS)
 		const char *brace = strchr(tmpl, '{');
 		int			len = brace ? brace - tmpl : strlen(tmpl);
 
-		add_pending(tmpl, len, true, td->tg_relation->rd_rel->relowner);
+		add_pending(tmpl, len, true, courier_key_space_of(td->tg_relation->rd_rel->relowner));
 	}
 	else if (TRIGGER_FIRED_FOR_ROW(td->tg_event))
 	{
@@ -268,14 +269,14 @@ courier_cache_invalidate_trigger(PG_FUNCTION_ARGS)
 		if (render_key(tmpl, td->tg_relation, td->tg_trigtuple, &key) &&
 			key.len <= CACHE_MAX_KEY_BYTES)
 		{
-			add_pending(key.data, key.len, false, td->tg_relation->rd_rel->relowner);
+			add_pending(key.data, key.len, false, courier_key_space_of(td->tg_relation->rd_rel->relowner));
 			oldkey = pstrdup(key.data);
 		}
 		if (TRIGGER_FIRED_BY_UPDATE(td->tg_event) &&
 			render_key(tmpl, td->tg_relation, td->tg_newtuple, &key) &&
 			key.len <= CACHE_MAX_KEY_BYTES &&
 			(oldkey == NULL || strcmp(oldkey, key.data) != 0))
-			add_pending(key.data, key.len, false, td->tg_relation->rd_rel->relowner);
+			add_pending(key.data, key.len, false, courier_key_space_of(td->tg_relation->rd_rel->relowner));
 	}
 	return PointerGetDatum(NULL);
 }

@@ -15,6 +15,11 @@
  * the shared space (NOLOGIN), GRANT it to the roles that share, and have
  * them SET courier.key_space to it (or ALTER ROLE ... SET it).
  *
+ * A superuser may instead turn key spaces off (courier.key_spaces = off,
+ * for a database or the cluster): every call then uses the one shared key
+ * space InvalidOid, as 0.1.0 did - for a database whose roles are all one
+ * application.  The benchmarks use it as their same-run baseline.
+ *
  * Trust: the setting is chosen by the caller and is never trusted; it is
  * resolved and checked on every call (a syscache lookup; membership lists
  * are cached by PostgreSQL).  Functions that run as the extension's owner
@@ -35,6 +40,9 @@
 /* courier.key_space: a role name, or '' for the current role */
 char	   *courier_key_space_setting = NULL;
 
+/* courier.key_spaces: off = one shared key space per database (superuser) */
+bool		courier_key_spaces = true;
+
 /*
  * courier_key_space_init
  *		Define courier.key_space (any role may set it; it is checked on use).
@@ -49,13 +57,33 @@ courier_key_space_init(void)
 							   "",
 							   PGC_USERSET, 0,
 							   NULL, NULL, NULL);
+	DefineCustomBoolVariable("courier.key_spaces",
+							 "Whether idempotency keys, consume_once markers and cache entries belong to roles.",
+							 "Off: one key space per database, shared by every role (as in 0.1.0).",
+							 &courier_key_spaces,
+							 true,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+}
+
+/*
+ * courier_key_space_of
+ *		The key space of entries owned by a role (the cache invalidation of a
+ *		table uses its owner's): the role, or the shared space when key spaces
+ *		are off.
+ */
+Oid
+courier_key_space_of(Oid role)
+{
+	return courier_key_spaces ? role : InvalidOid;
 }
 
 /*
  * courier_key_space
  *		The role owning the keys this call reads and writes: the current role,
  *		or the role courier.key_space names if the current role is a member
- *		of it.  Raises 42704 / 42501 otherwise.
+ *		of it.  Raises 42704 / 42501 otherwise.  InvalidOid (shared) when
+ *		key spaces are off.
  */
 Oid
 courier_key_space(void)
@@ -63,6 +91,8 @@ courier_key_space(void)
 	Oid			user = GetUserId();
 	Oid			space;
 
+	if (unlikely(!courier_key_spaces))
+		return InvalidOid;
 	if (likely(courier_key_space_setting == NULL || courier_key_space_setting[0] == '\0'))
 		return user;
 	space = get_role_oid(courier_key_space_setting, true);

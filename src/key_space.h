@@ -12,8 +12,10 @@
 #include "postgres.h"
 
 extern char *courier_key_space_setting;
+extern bool courier_key_spaces;
 
 extern void courier_key_space_init(void);
 extern Oid	courier_key_space(void);
+extern Oid	courier_key_space_of(Oid role);
 
 #endif							/* COURIER_KEY_SPACE_H */
