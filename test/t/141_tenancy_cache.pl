@@ -57,7 +57,7 @@ is(as('alice', q{SELECT courier.cache_get('1') || ',' || courier.cache_get('user
 
 # the invalidation of alice's table reaches alice's entries, whoever writes the table
 as('alice', q{CREATE TABLE alice_t (id int); SELECT courier.cache_invalidate_on('alice_t', 'user:{id}');
-	GRANT INSERT, UPDATE, DELETE ON alice_t TO bob; INSERT INTO alice_t VALUES (1);});
+	GRANT SELECT, INSERT, UPDATE, DELETE ON alice_t TO bob; INSERT INTO alice_t VALUES (1);});
 as('bob', q{SELECT courier.cache_set('user:1', 'bob-again'); DELETE FROM alice_t WHERE id = 1;});
 is(as('alice', q{SELECT courier.cache_get('user:1') IS NULL}), 't', "bob's DELETE on alice's table invalidated alice's key");
 is(as('bob', q{SELECT courier.cache_get('user:1')}), 'bob-again', 'and left his own key of that name');
