@@ -79,14 +79,15 @@ courier_key_space_of(Oid role)
 }
 
 /*
- * courier_key_space
- *		The role owning the keys this call reads and writes: the current role,
- *		or the role courier.key_space names if the current role is a member
- *		of it.  Raises 42704 / 42501 otherwise.  InvalidOid (shared) when
- *		key spaces are off.
+ * courier_key_space_named
+ *		The role owning the keys this call reads and writes (the slow path of
+ *		courier_key_space(), key_space.h): the current role, or the role
+ *		courier.key_space names if the current role is a member of it.
+ *		Raises 42704 / 42501 otherwise.  InvalidOid (shared) when key spaces
+ *		are off.
  */
 Oid
-courier_key_space(void)
+courier_key_space_named(void)
 {
 	Oid			user = GetUserId();
 	Oid			space;
