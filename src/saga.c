@@ -188,6 +188,19 @@ arg_uuid(FunctionCallInfo fcinfo, int n)
 }
 
 /*
+ * saga_not_found
+ *		The error for an unknown saga id (or one the caller may not see).
+ */
+static void
+saga_not_found(pg_uuid_t *id)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("saga %s does not exist", uuid_text(id)),
+			 errhint("Start it with courier.saga_start(); finished sagas may have been purged.")));
+}
+
+/*
  * load_or_error
  *		Load a saga (locked when asked) that the caller may drive, or raise
  *		"does not exist".
@@ -197,10 +210,7 @@ load_or_error(SagaInstance *inst, pg_uuid_t *id, bool lock, bool fresh, Oid call
 {
 	/* another role's saga does not exist either (its type is not revealed) */
 	if (!saga_load(inst, id, lock, fresh) || !has_privs_of_role(caller, inst->def->owner))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("saga %s does not exist", uuid_text(id)),
-				 errhint("Start it with courier.saga_start(); finished sagas may have been purged.")));
+		saga_not_found(id);
 }
 
 /*
@@ -411,8 +421,9 @@ courier_saga_start(PG_FUNCTION_ARGS)
 		 * id taken by a saga of another type, ours or another role's, gets
 		 * one error that names no type: ids are unique in the database.
 		 */
-		if (!saga_load(&inst, id, false, true) ||
-			strcmp(inst.def->saga_type, saga_type) != 0 ||
+		if (!saga_load(&inst, id, false, true))
+			saga_not_found(id);	/* purged meanwhile */
+		if (strcmp(inst.def->saga_type, saga_type) != 0 ||
 			!has_privs_of_role(who.caller, inst.def->owner))
 			ereport(ERROR,
 					(errcode(ERRCODE_DUPLICATE_OBJECT),
