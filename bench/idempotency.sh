@@ -2,6 +2,9 @@
 # bench/idempotency.sh — courier.idempotency_begin/complete against the naive PL/pgSQL pattern
 # (SELECT the key; if absent, INSERT it), measured in the same run on the same server.
 #
+# and against themselves with key spaces off (courier.key_spaces = off: one shared key space, as
+# 0.1.0 had; the same-run "before" of the per-role key spaces, column "shared").
+#
 #   fresh   begin + complete of a new key in one transaction (the first request of a key)
 #   replay  begin of a completed key (a client's retry)
 #   race    4 clients, pairs of requests on the same new key at the same moment, 2 ms of "work"
@@ -15,7 +18,7 @@
 set -euo pipefail
 
 DUR=${IDEM_BENCH_SECONDS:-4}
-ROUNDS=${IDEM_BENCH_ROUNDS:-3}
+ROUNDS=${IDEM_BENCH_ROUNDS:-5}
 RACE_DUR=${IDEM_BENCH_RACE_SECONDS:-5}
 CLIENTS=${IDEM_BENCH_CLIENTS:-2}
 WORK=$(mktemp -d "${RUNDIR:-/tmp}/idem-bench.XXXXXX")
@@ -75,6 +78,11 @@ TRUNCATE courier.idempotency_keys;
 SELECT count(*) FROM (
     SELECT courier.idempotency_begin('r' || i, 'fp'), courier.idempotency_complete('r' || i, 201, '{"id": 1, "status": "created"}')
       FROM generate_series(1, 10000) i) x;
+SET courier.key_spaces = off;
+SELECT count(*) FROM (
+    SELECT courier.idempotency_begin('r' || i, 'fp'), courier.idempotency_complete('r' || i, 201, '{"id": 1, "status": "created"}')
+      FROM generate_series(1, 10000) i) x;
+RESET courier.key_spaces;
 \o
 INSERT INTO bench_idem.naive_keys (scope, key, fingerprint, state, status_code, response, expires_at)
 SELECT '', 'r' || i, 'fp', 'completed', 201, '{"id": 1, "status": "created"}', now() + interval '24 hours'
@@ -105,6 +113,8 @@ cat >"$WORK/replay_naive.sql" <<'EOF2'
 \set k random(1, 10000)
 SELECT outcome, status_code, response FROM bench_idem.naive_begin('r' || :k, 'fp');
 EOF2
+cp "$WORK/fresh_courier.sql" "$WORK/fresh_shared.sql"
+cp "$WORK/replay_courier.sql" "$WORK/replay_shared.sql"
 for impl in courier naive; do
     if [ $impl = courier ]; then b=courier.idempotency_begin; c=courier.idempotency_complete; else b=bench_idem.naive_begin; c=bench_idem.naive_complete; fi
     cat >"$WORK/race_$impl.sql" <<EOF2
@@ -120,21 +130,23 @@ END;
 EOF2
 done
 
-# tps SCRIPT CLIENTS SECONDS: run pgbench, print its tps
+# tps SCRIPT CLIENTS SECONDS: run pgbench, print its tps (the *_shared scripts with key spaces off)
 tps() {
+    case "$1" in *_shared.sql) local PGOPTIONS="$PGOPTIONS -c courier.key_spaces=off"; export PGOPTIONS ;; esac
     pgbench -n -M prepared -c "$2" -j "$2" -T "$3" -f "$1" 2>"$WORK/pgbench.err" | sed -nE 's/^tps = ([0-9.]+).*/\1/p' | head -1 \
         || { cat "$WORK/pgbench.err" >&2; return 1; }
 }
 
 # The machine may be shared: naive and courier runs alternate, ROUNDS times, and the figures are the
 # means over the rounds, so that load from elsewhere hits both alike.
-declare -A T R
+declare -A T R B
 for mode in fresh replay; do
-    for impl in naive courier; do T[$mode,$impl]=0; done
+    for impl in naive shared courier; do T[$mode,$impl]=0; B[$mode,$impl]=0; done
     for round in $(seq "$ROUNDS"); do
-        for impl in naive courier; do
+        for impl in naive shared courier; do
             t=$(tps "$WORK/${mode}_$impl.sql" "$CLIENTS" "$DUR")
             T[$mode,$impl]=$(echo "${T[$mode,$impl]} + $t / $ROUNDS" | bc -l)
+            if [ "$(echo "$t > ${B[$mode,$impl]}" | bc -l)" = 1 ]; then B[$mode,$impl]=$t; fi
             R[$mode,$impl]="${R[$mode,$impl]:-} $(printf '%.0f' "$t")"
         done
     done
@@ -151,11 +163,17 @@ race=$(psql -qXAt -F ' ' -c "
 
 echo
 echo "idempotency keys — pgbench -M prepared, $CLIENTS clients, $ROUNDS alternating rounds of ${DUR}s, synchronous_commit=off"
-printf '%-8s %14s %14s %8s   %s\n' run naive_tps courier_tps ratio "per round (naive | courier)"
+printf '%-8s %11s %11s %11s %8s %13s   %s\n' run naive_tps shared_tps courier_tps ratio "key spaces" \
+    "per round (naive | shared | courier)"
 for mode in fresh replay; do
-    printf '%-8s %14.0f %14.0f %7.2fx   %s |%s\n' "$mode" "${T[$mode,naive]}" "${T[$mode,courier]}" \
-        "$(echo "${T[$mode,courier]} / ${T[$mode,naive]}" | bc -l)" "${R[$mode,naive]# }" "${R[$mode,courier]}"
+    printf '%-8s %11.0f %11.0f %11.0f %7.2fx %12.3fx   %s |%s |%s\n' "$mode" "${T[$mode,naive]}" "${T[$mode,shared]}" \
+        "${T[$mode,courier]}" "$(echo "${T[$mode,courier]} / ${T[$mode,naive]}" | bc -l)" \
+        "$(echo "${B[$mode,courier]} / ${B[$mode,shared]}" | bc -l)" \
+        "${R[$mode,naive]# }" "${R[$mode,shared]}" "${R[$mode,courier]}"
 done
+echo "(tps: means over the rounds; ratio: courier / naive, of the means.  key spaces: courier (per-role"
+echo " key spaces, the default) / shared (courier.key_spaces = off, the 0.1.0 behaviour), of the best"
+echo " round of each (the least disturbed by other load) — the cost of key spaces, target >= 0.95)"
 echo
 echo "race — 4 clients, ${RACE_DUR}s, two requests per key at the same moment, 2 ms of work in between"
 printf '%-8s %8s %10s %22s\n' impl keys started keys_started_twice

@@ -161,7 +161,8 @@ SELECT count(*) AS keys_after FROM courier.idempotency_keys;
 SELECT consumer, count(*) FROM courier.consumed_events GROUP BY 1 ORDER BY 1;
 SELECT courier.consume_once('shipping', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11') AS processed_again;
 
--- 10. Ordinary roles use the functions, not the tables.
+-- 10. Ordinary roles use the functions, not the keys table; they see (and may delete) only their own
+-- consume_once markers (key spaces: doc/security.md#tenancy).
 CREATE ROLE idem_app;
 SET ROLE idem_app;
 SELECT outcome FROM courier.idempotency_begin('role-key', scope => 'app');
@@ -169,7 +170,10 @@ SELECT courier.idempotency_complete('role-key', 200, '{"ok": 1}', 'app');
 SELECT outcome, response FROM courier.idempotency_begin('role-key', scope => 'app');
 SELECT courier.consume_once('app', 'c2eebc99-9c0b-4ef8-bb6d-6bb9bd380a11');
 SELECT count(*) FROM courier.idempotency_keys;
-DELETE FROM courier.consumed_events;
+SELECT consumer, owner FROM courier.consumed_events;
+DELETE FROM courier.consumed_events WHERE consumer = 'shipping';
+RESET ROLE;
+SELECT count(*) AS shipping_markers_kept FROM courier.consumed_events WHERE consumer = 'shipping';
 RESET ROLE;
 DROP ROLE idem_app;
 

@@ -811,3 +811,75 @@ $$;
 ALTER TABLE courier.outboxes DROP CONSTRAINT outboxes_format_check;
 ALTER TABLE courier.outboxes ADD CONSTRAINT outboxes_format_check
     CHECK (format IN ('cloudevents', 'kafka_rest_v2', 'kafka_rest_v3'));
+
+------------------------------------------------------------------------------------------------------
+-- Tenancy: key spaces belong to roles; least privilege for saga types and breakers (issue 14, part
+-- "key spaces and least privilege"; see doc/security.md#tenancy)
+------------------------------------------------------------------------------------------------------
+
+-- The role whose idempotency keys, consume_once markers and cache entries a call uses: the current
+-- role, or the role the setting courier.key_space names when the current role is a member of it
+-- (src/key_space.c).
+CREATE FUNCTION courier.key_space() RETURNS regrole
+LANGUAGE C STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'courier_key_space_current';
+COMMENT ON FUNCTION courier.key_space() IS
+    'The role owning the idempotency keys, consume_once markers and cache entries this session uses';
+
+-- Idempotency keys: the key space is the first column of the primary key.  Keys stored by 0.1.0 have
+-- no known writer: they go to the extension's owner (a superuser), so that no role replays another's
+-- answer; retries of requests begun before the upgrade start afresh (or an operator who knows the
+-- writer gives them back: UPDATE courier.idempotency_keys SET owner = 'app' WHERE ...).
+ALTER TABLE courier.idempotency_keys ADD COLUMN owner regrole;
+UPDATE courier.idempotency_keys
+   SET owner = (SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_courier');
+ALTER TABLE courier.idempotency_keys ALTER COLUMN owner SET NOT NULL;
+ALTER TABLE courier.idempotency_keys DROP CONSTRAINT idempotency_keys_pkey;
+ALTER TABLE courier.idempotency_keys ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (owner, scope, key);
+
+-- The key functions act as the keys table's owner from C (src/idempotency.c) after taking the
+-- caller's key space: a SECURITY DEFINER function could not see who calls it.
+ALTER FUNCTION courier.idempotency_begin(text, text, text, interval, interval) SECURITY INVOKER;
+ALTER FUNCTION courier.idempotency_complete(text, integer, jsonb, text, uuid) SECURITY INVOKER;
+ALTER FUNCTION courier.idempotency_abandon(text, text, uuid) SECURITY INVOKER;
+ALTER FUNCTION courier.idempotency_extend(text, interval, text, uuid) SECURITY INVOKER;
+
+-- consume_once markers: per key space, under row-level security (members of a role see and write
+-- its markers).  Markers stored by 0.1.0 go to the extension's owner, as keys do.
+ALTER TABLE courier.consumed_events ADD COLUMN owner regrole;
+UPDATE courier.consumed_events
+   SET owner = (SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_courier');
+ALTER TABLE courier.consumed_events ALTER COLUMN owner SET NOT NULL,
+                                    ALTER COLUMN owner SET DEFAULT courier.key_space();
+ALTER TABLE courier.consumed_events DROP CONSTRAINT consumed_events_pkey;
+ALTER TABLE courier.consumed_events ADD CONSTRAINT consumed_events_pkey PRIMARY KEY (owner, consumer, event_id);
+ALTER TABLE courier.consumed_events ENABLE ROW LEVEL SECURITY;
+-- (owner 0 is the shared key space of courier.key_spaces = off, which a superuser chose.)
+CREATE POLICY consumed_events_key_space ON courier.consumed_events
+    USING (owner::pg_catalog.oid OPERATOR(pg_catalog.=) 0 OR pg_catalog.pg_has_role(owner, 'MEMBER'))
+    WITH CHECK (owner OPERATOR(pg_catalog.=) courier.key_space());
+GRANT SELECT, INSERT, DELETE ON courier.consumed_events TO PUBLIC;
+
+-- Runs as the caller now (the policy above needs to know who that is).
+CREATE OR REPLACE FUNCTION courier.consume_once(consumer text, event_id uuid)
+RETURNS boolean LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF consumer IS NULL OR consumer = '' THEN
+        RAISE EXCEPTION 'consumer name must not be NULL or empty'
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'Name the consumer, e.g. ''billing''.';
+    END IF;
+    IF event_id IS NULL THEN
+        RAISE EXCEPTION 'event_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'Pass the event''s id (the CloudEvents id).';
+    END IF;
+    INSERT INTO courier.consumed_events AS c (owner, consumer, event_id)
+    VALUES (courier.key_space(), consume_once.consumer, consume_once.event_id)
+    ON CONFLICT DO NOTHING;
+    RETURN FOUND;
+END
+$$;
+
+-- Saga types: each role sees the types it may use (the saga functions read the table as its owner).
+ALTER TABLE courier.saga_types ENABLE ROW LEVEL SECURITY;
+CREATE POLICY saga_types_owner ON courier.saga_types FOR SELECT
+    USING (pg_catalog.pg_has_role(owner, 'USAGE'));
+GRANT SELECT ON courier.saga_types TO PUBLIC;   -- (as in 0.1.0; rows now filtered)

@@ -34,6 +34,7 @@
 
 #include "pg_courier.h"
 #include "cache.h"
+#include "key_space.h"
 
 PG_FUNCTION_INFO_V1(courier_cache_set_text);
 PG_FUNCTION_INFO_V1(courier_cache_set_jsonb);
@@ -257,13 +258,17 @@ courier_cache_shmem_init(void)
 
 /*
  * cache_check_available
- *		Error out, with a hint, when there is no cache to use.
+ *		Error out, with a hint, when there is no cache to use; otherwise set
+ *		the key space of this call (every SQL entry point starts here).
  */
 void
 cache_check_available(void)
 {
 	if (likely(cache_shared != NULL))
+	{
+		cache_space = courier_key_space();
 		return;
+	}
 	courier_require_preload("the courier cache");
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -587,12 +592,15 @@ courier_cache_delete_prefix(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("cache key prefix must not be empty"),
 				 errhint("Use courier.cache_clear() to delete every key.")));
-	PG_RETURN_INT64(cache_delete_matching(VARDATA_ANY(prefix), VARSIZE_ANY_EXHDR(prefix), false));
+	PG_RETURN_INT64(cache_delete_matching(VARDATA_ANY(prefix), VARSIZE_ANY_EXHDR(prefix),
+										  CACHE_REACH_KEY_SPACE));
 }
 
 /*
  * courier_cache_clear
- *		courier.cache_clear(all_databases): number of values deleted.
+ *		courier.cache_clear(all_databases): number of values deleted, of
+ *		every key space (an administrator's function: EXECUTE is revoked
+ *		from PUBLIC).
  */
 Datum
 courier_cache_clear(PG_FUNCTION_ARGS)
@@ -604,7 +612,7 @@ courier_cache_clear(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("only superusers can clear the cache of every database")));
-	PG_RETURN_INT64(cache_delete_matching("", 0, all));
+	PG_RETURN_INT64(cache_delete_matching("", 0, all ? CACHE_REACH_CLUSTER : CACHE_REACH_DATABASE));
 }
 
 /*

@@ -63,6 +63,7 @@ typedef struct CacheEntry
 	int32		chunk;			/* first chunk of key || value */
 	int32		nchunks;
 	Oid			dboid;			/* keys are namespaced by database */
+	Oid			owner;			/* ... and by key space (key_space.c) */
 	uint16		keylen;
 	uint8		state;
 	uint8		type;
@@ -152,7 +153,15 @@ extern int32 cache_insert(CachePartition *p, uint32 hash, const char *key, int k
 extern struct varlena *cache_copy_value(CachePartition *p, CacheEntry *e);
 extern bool cache_key_has_prefix(CachePartition *p, CacheEntry *e, const char *prefix, int len);
 extern bool cache_delete_key(const char *key, int keylen);
-extern int64 cache_delete_matching(const char *prefix, int len, bool all_databases);
+/* What cache_delete_matching reaches. */
+typedef enum CacheReach
+{
+	CACHE_REACH_KEY_SPACE,		/* this database, the current key space */
+	CACHE_REACH_DATABASE,		/* this database, every key space */
+	CACHE_REACH_CLUSTER			/* every database */
+} CacheReach;
+
+extern int64 cache_delete_matching(const char *prefix, int len, CacheReach reach);
 extern void cache_partition_layout(int npartitions, Size bytes, int max_entries,
 								   int32 *nentries, int32 *nchunks, int32 *nbuckets);
 extern Size cache_partition_size(int32 nentries, int32 nchunks, int32 nbuckets);
@@ -160,5 +169,14 @@ extern void cache_partition_init(CachePartition *p, int32 nentries, int32 nchunk
 
 /* cache_inval.c */
 extern bool cache_inval_pending(void);
+
+/*
+ * The key space (a role, key_space.c) of the cache call being made: set by
+ * cache_check_available() at each SQL entry point, and by code acting for
+ * another call (the commit-time invalidation, the end of a load) before it
+ * looks keys up.  Entries of other key spaces are invisible to lookups and
+ * deletions.
+ */
+extern Oid	cache_space;
 
 #endif							/* COURIER_CACHE_H */

@@ -22,6 +22,11 @@
  * by courier.cache_set by the application is not protected; doc/cache.md
  * says so.
  *
+ * Key space.  The keys deleted are those of the table owner's key space
+ * (key_space.c), whoever modifies the table: the owner (or a role it let
+ * create triggers on it) chose the template, and no role can reach another
+ * role's entries by truncating a table of its own.
+ *
  * PREPARE TRANSACTION is refused when keys are pending: the commit would
  * happen in another session that cannot know them.
  *
@@ -39,6 +44,7 @@
 
 #include "pg_courier.h"
 #include "cache.h"
+#include "key_space.h"
 
 PG_FUNCTION_INFO_V1(courier_cache_invalidate_trigger);
 
@@ -46,6 +52,7 @@ PG_FUNCTION_INFO_V1(courier_cache_invalidate_trigger);
 typedef struct PendingKey
 {
 	int			level;
+	Oid			space;			/* key space: the table owner's */
 	bool		prefix;
 	int			len;
 	char		key[FLEXIBLE_ARRAY_MEMBER];
@@ -81,8 +88,9 @@ invalidate_pending(void)
 	{
 		PendingKey *pk = (PendingKey *) lfirst(lc);
 
+		cache_space = pk->space;
 		if (pk->prefix)
-			cache_delete_matching(pk->key, pk->len, false);
+			cache_delete_matching(pk->key, pk->len, CACHE_REACH_KEY_SPACE);
 		else
 			cache_delete_key(pk->key, pk->len);
 	}
@@ -154,12 +162,13 @@ cache_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
  *		Remember a key (or prefix) until the end of the transaction.
  */
 static void
-add_pending(const char *key, int len, bool prefix)
+add_pending(const char *key, int len, bool prefix, Oid space)
 {
 	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
 	PendingKey *pk = palloc(offsetof(PendingKey, key) + len);
 
 	pk->level = GetCurrentTransactionNestLevel();
+	pk->space = space;
 	pk->prefix = prefix;
 	pk->len = len;
 	memcpy(pk->key, key, len);
@@ -251,7 +260,7 @@ courier_cache_invalidate_trigger(PG_FUNCTION_ARGS)
 		const char *brace = strchr(tmpl, '{');
 		int			len = brace ? brace - tmpl : strlen(tmpl);
 
-		add_pending(tmpl, len, true);
+		add_pending(tmpl, len, true, courier_key_space_of(td->tg_relation->rd_rel->relowner));
 	}
 	else if (TRIGGER_FIRED_FOR_ROW(td->tg_event))
 	{
@@ -260,14 +269,14 @@ courier_cache_invalidate_trigger(PG_FUNCTION_ARGS)
 		if (render_key(tmpl, td->tg_relation, td->tg_trigtuple, &key) &&
 			key.len <= CACHE_MAX_KEY_BYTES)
 		{
-			add_pending(key.data, key.len, false);
+			add_pending(key.data, key.len, false, courier_key_space_of(td->tg_relation->rd_rel->relowner));
 			oldkey = pstrdup(key.data);
 		}
 		if (TRIGGER_FIRED_BY_UPDATE(td->tg_event) &&
 			render_key(tmpl, td->tg_relation, td->tg_newtuple, &key) &&
 			key.len <= CACHE_MAX_KEY_BYTES &&
 			(oldkey == NULL || strcmp(oldkey, key.data) != 0))
-			add_pending(key.data, key.len, false);
+			add_pending(key.data, key.len, false, courier_key_space_of(td->tg_relation->rd_rel->relowner));
 	}
 	return PointerGetDatum(NULL);
 }

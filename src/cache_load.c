@@ -79,6 +79,7 @@ typedef struct LoadKey
 	const char *key;
 	int			keylen;
 	uint32		hash;
+	Oid			space;			/* key space (cache_space) of the call */
 	CachePartition *p;
 } LoadKey;
 
@@ -87,6 +88,7 @@ static struct
 {
 	bool		active;
 	uint32		hash;
+	Oid			space;
 	uint64		load_id;
 	int			keylen;
 	char		key[CACHE_MAX_KEY_BYTES];
@@ -108,6 +110,7 @@ probe(LoadKey *lk, bool first, uint64 *waiting_for, int *loader_pid, CacheValue 
 	CacheEntry *e;
 	ProbeResult result;
 
+	cache_space = lk->space;	/* a loader run meanwhile may have changed it */
 	cache_lock(p);
 	idx = cache_lookup(p, lk->hash, lk->key, lk->keylen);
 	e = idx >= 0 ? &p->entries[idx] : NULL;
@@ -233,6 +236,7 @@ cache_load_exit(int code, Datum arg)
 	if (!my_load.active || cache_shared == NULL)
 		return;
 	my_load.active = false;
+	cache_space = my_load.space;
 	end_load(cache_partition(my_load.hash), my_load.hash, my_load.key, my_load.keylen,
 			 my_load.load_id, false, NULL, 0, 0, NULL);
 }
@@ -247,6 +251,7 @@ reclaim_if_dead(LoadKey *lk, uint64 load_id, int loader_pid)
 {
 	if (BackendPidGetProc(loader_pid) != NULL)
 		return;
+	cache_space = lk->space;
 	end_load(lk->p, lk->hash, lk->key, lk->keylen, load_id, false, NULL, 0, 0, NULL);
 }
 
@@ -353,6 +358,7 @@ load(LoadKey *lk, text *key, text *loader, Interval *ttl, bool ttl_null, uint64 
 	bool		store;
 
 	my_load.hash = lk->hash;
+	my_load.space = lk->space;
 	my_load.load_id = load_id;
 	my_load.keylen = lk->keylen;
 	memcpy(my_load.key, lk->key, lk->keylen);
@@ -371,12 +377,14 @@ load(LoadKey *lk, text *key, text *loader, Interval *ttl, bool ttl_null, uint64 
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		my_load.active = false;
+		cache_space = lk->space;	/* the loader may have used the cache */
 		end_load(lk->p, lk->hash, lk->key, lk->keylen, load_id, true, NULL, 0,
 				 edata->sqlerrcode ? edata->sqlerrcode : ERRCODE_INTERNAL_ERROR, edata->message);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
 	my_load.active = false;
+	cache_space = lk->space;	/* the loader may have used the cache */
 
 	/* see the header comment: results that may be stale are not stored */
 	store = !cache_inval_pending();
@@ -434,6 +442,7 @@ get_or_load(FunctionCallInfo fcinfo, CacheValue *v)
 	lk.keylen = VARSIZE_ANY_EXHDR(key);
 	cache_check_key(lk.keylen);
 	(void) cache_expiry(ttl, ttl == NULL, 0);	/* validate the ttl up front */
+	lk.space = cache_space;
 	lk.hash = cache_hash(lk.key, lk.keylen);
 	lk.p = cache_partition(lk.hash);
 

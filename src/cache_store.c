@@ -21,14 +21,18 @@
 #include "pg_courier.h"
 #include "cache.h"
 
+Oid			cache_space = InvalidOid;
+
 /*
  * cache_hash
- *		Hash of a key in this backend's database (keys are per database).
+ *		Hash of a key in this backend's database and the current key space
+ *		(keys are per database and per key space).
  */
 uint32
 cache_hash(const char *key, int keylen)
 {
-	return hash_combine(hash_bytes((const unsigned char *) key, keylen), MyDatabaseId);
+	return hash_combine(hash_combine(hash_bytes((const unsigned char *) key, keylen),
+									 MyDatabaseId), cache_space);
 }
 
 /*
@@ -97,7 +101,7 @@ cache_lookup(CachePartition *p, uint32 hash, const char *key, int keylen)
 		CacheEntry *e = &p->entries[idx];
 
 		if (e->hash == hash && e->keylen == keylen && e->dboid == MyDatabaseId &&
-			chunks_equal(p, e->chunk, key, keylen))
+			e->owner == cache_space && chunks_equal(p, e->chunk, key, keylen))
 			return idx;
 		idx = e->hnext;
 	}
@@ -277,6 +281,7 @@ cache_insert(CachePartition *p, uint32 hash, const char *key, int keylen,
 	e->hash = hash;
 	e->nchunks = need;
 	e->dboid = MyDatabaseId;
+	e->owner = cache_space;
 	e->keylen = keylen;
 	e->vallen = vallen;
 	e->state = state;
@@ -383,13 +388,14 @@ cache_delete_key(const char *key, int keylen)
 
 /*
  * cache_delete_matching
- *		Delete every key of this database starting with prefix (every key
- *		when len = 0), or of every database.  Partitions are locked one at a
+ *		Delete every key starting with prefix (every key when len = 0) of
+ *		this database and key space, of every key space of this database, or
+ *		of the whole cluster (reach).  Partitions are locked one at a
  *		time, so the deletion is not atomic across partitions.  Returns the
  *		number of values deleted.  Never raises an error.
  */
 int64
-cache_delete_matching(const char *prefix, int len, bool all_databases)
+cache_delete_matching(const char *prefix, int len, CacheReach reach)
 {
 	int64		count = 0;
 
@@ -406,7 +412,9 @@ cache_delete_matching(const char *prefix, int len, bool all_databases)
 			CacheEntry *e = &p->entries[idx];
 			int32		next = e->next;
 
-			if ((all_databases || e->dboid == MyDatabaseId) &&
+			if ((reach == CACHE_REACH_CLUSTER ||
+				 (e->dboid == MyDatabaseId &&
+				  (reach == CACHE_REACH_DATABASE || e->owner == cache_space))) &&
 				cache_key_has_prefix(p, e, prefix, len))
 			{
 				if (e->state == CACHE_VALID)

@@ -1,9 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * idempotency.c
- *	  API-boundary idempotency keys: courier.idempotency_begin(),
- *	  courier.idempotency_complete(), courier.idempotency_abandon() and
- *	  courier.idempotency_extend().
+ *	  API-boundary idempotency keys: courier.idempotency_begin() and what
+ *	  the key functions share (complete, abandon and extend are in
+ *	  idempotency_finish.c).
  *
  * A key is a row of courier.idempotency_keys, primary key (scope, key),
  * either 'in_progress' (owned by the request holding its lease) or
@@ -27,6 +27,18 @@
  * cannot collide with pg_advisory_lock(bigint) or (int, int) keys; it shows
  * up in pg_locks as locktype 'advisory' with objsubid 17225.
  *
+ * Key spaces.  A key belongs to a role (column owner, first column of the
+ * primary key; see key_space.c): the caller's key space is part of every
+ * statement, of the lookup and of the lock, so another role's key is
+ * invisible: it can be neither replayed nor completed, abandoned or
+ * extended, and begin() with the same key starts a key of the caller's own.
+ * The functions are SECURITY INVOKER so that they can see who calls them
+ * (a SECURITY DEFINER function only sees its definer): each one takes the
+ * caller's key space first, then acts as the owner of the keys table (the
+ * extension's owner) with SECURITY_LOCAL_USERID_CHANGE, as fmgr does for
+ * SECURITY DEFINER functions, and switches back before returning (an error
+ * restores the identity through the (sub)transaction abort).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -46,6 +58,7 @@
 #include "mb/pg_wchar.h"
 #include "storage/lock.h"
 #include "utils/builtins.h"
+#include "utils/syscache.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -54,11 +67,9 @@
 
 #include "pg_courier.h"
 #include "idempotency.h"
+#include "key_space.h"
 
 PG_FUNCTION_INFO_V1(courier_idempotency_begin);
-PG_FUNCTION_INFO_V1(courier_idempotency_complete);
-PG_FUNCTION_INFO_V1(courier_idempotency_abandon);
-PG_FUNCTION_INFO_V1(courier_idempotency_extend);
 
 /* Advisory lock class of key locks ("CI"); user advisory locks use 1 and 2. */
 #define IDEM_LOCK_CLASS		17225
@@ -67,22 +78,14 @@ PG_FUNCTION_INFO_V1(courier_idempotency_extend);
 #define IDEM_MAX_CHARS		255
 
 /*
- * The key functions run as SECURITY DEFINER without a SET search_path (that
- * costs a quarter of a replay): instead every name and every operator in
- * their statements is schema-qualified, so that no object in the caller's
- * search_path can be picked up, even when a statement is re-planned.
+ * The key functions act as the table's owner without a SET search_path
+ * (that costs a quarter of a replay): instead every name and every operator
+ * in their statements is schema-qualified (idempotency.h), so that no object
+ * in the caller's search_path can be picked up, even when a statement is
+ * re-planned.
  */
-#define EQ		" OPERATOR(pg_catalog.=) "
-#define GT		" OPERATOR(pg_catalog.>) "
-#define LE		" OPERATOR(pg_catalog.<=) "
-#define PLUS	" OPERATOR(pg_catalog.+) "
 /* fingerprint IS NOT DISTINCT FROM $3, spelled without an unqualified "=" */
 #define SAME_FP	"COALESCE(fingerprint " EQ " $3, fingerprint IS NULL AND $3 IS NULL)"
-
-/* complete/abandon/extend's look at a key they could not act on. */
-#define STATE_SQL \
-	"SELECT state, expires_at " GT " $3 " \
-	"  FROM courier.idempotency_keys WHERE scope " EQ " $1 AND key " EQ " $2"
 
 /* Columns of begin()'s result row. */
 #define BEGIN_NCOLS			7
@@ -90,10 +93,6 @@ PG_FUNCTION_INFO_V1(courier_idempotency_extend);
 static SPIPlanPtr plan_insert = NULL;
 static SPIPlanPtr plan_recover = NULL;
 static SPIPlanPtr plan_reset = NULL;
-static SPIPlanPtr plan_complete = NULL;
-static SPIPlanPtr plan_release = NULL;
-static SPIPlanPtr plan_extend = NULL;
-static SPIPlanPtr plan_state = NULL;
 
 /* What begin()'s read of a key found, evaluated against one "now". */
 typedef struct KeyState
@@ -143,12 +142,47 @@ courier_idem_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 }
 
 /*
+ * idem_enter
+ *		Take the caller's key space, then act as the owner of the keys table
+ *		(the caller cannot write it) until courier_idem_leave().
+ */
+void
+courier_idem_enter(IdemCall *c)
+{
+	Oid			nsp = get_namespace_oid(COURIER_SCHEMA, false);
+	HeapTuple	tp;
+	Oid			owner;
+
+	c->space = courier_key_space();
+	c->relid = get_relname_relid("idempotency_keys", nsp);
+	if (!OidIsValid(c->relid))
+		elog(ERROR, "pg_courier: table courier.idempotency_keys is missing");
+	tp = SearchSysCache1(RELOID, ObjectIdGetDatum(c->relid));
+	if (!HeapTupleIsValid(tp))
+		elog(ERROR, "pg_courier: table courier.idempotency_keys is missing");
+	owner = ((Form_pg_class) GETSTRUCT(tp))->relowner;
+	ReleaseSysCache(tp);
+	GetUserIdAndSecContext(&c->save_user, &c->save_sec);
+	SetUserIdAndSecContext(owner, c->save_sec | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+/*
+ * idem_leave
+ *		Back to the caller's identity.
+ */
+void
+courier_idem_leave(IdemCall *c)
+{
+	SetUserIdAndSecContext(c->save_user, c->save_sec);
+}
+
+/*
  * check_name
  *		Validate a key or scope argument: the NULL/empty key is the HTTP 400
  *		case, so say precisely what was wrong.
  */
-static text *
-check_name(FunctionCallInfo fcinfo, int argno, const char *what, bool empty_ok)
+text *
+courier_idem_check_name(FunctionCallInfo fcinfo, int argno, const char *what, bool empty_ok)
 {
 	text	   *t;
 	int			len;
@@ -180,8 +214,8 @@ check_name(FunctionCallInfo fcinfo, int argno, const char *what, bool empty_ok)
  * check_interval
  *		A ttl or lease must be given and strictly positive.
  */
-static Interval *
-check_interval(FunctionCallInfo fcinfo, int argno, const char *what)
+Interval *
+courier_idem_check_interval(FunctionCallInfo fcinfo, int argno, const char *what)
 {
 	Interval   *iv;
 	Interval	zero = {0};
@@ -202,17 +236,17 @@ check_interval(FunctionCallInfo fcinfo, int argno, const char *what)
 
 /*
  * key_locktag
- *		The advisory lock tag of (scope, key): 64 bits of hash, so that two
+ *		The advisory lock tag of (key space, scope, key): 64 bits of hash, so that two
  *		different keys sharing a lock (and one of them seeing a spurious
  *		'in_progress') is practically impossible.
  */
-static void
-key_locktag(LOCKTAG *tag, text *scope, text *key)
+void
+courier_idem_locktag(LOCKTAG *tag, Oid space, text *scope, text *key)
 {
 	uint64		h;
 
 	h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(scope),
-							VARSIZE_ANY_EXHDR(scope), 0);
+							VARSIZE_ANY_EXHDR(scope), (uint64) space);
 	h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(key),
 							VARSIZE_ANY_EXHDR(key), h);
 	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
@@ -229,7 +263,8 @@ key_locktag(LOCKTAG *tag, text *scope, text *key)
 #define COL_LEASE_EXPIRES	8
 #define COL_ATTEMPT			9
 #define COL_EXPIRES_AT		12
-#define KEYS_NATTS			12
+#define COL_OWNER			13	/* added by 0.2.0 */
+#define KEYS_NATTS			13
 
 /*
  * text_equal
@@ -254,13 +289,11 @@ text_equal(Datum a, Datum b)
  *		Values are copied out of the buffer into the current (SPI) context.
  */
 static void
-read_key(KeyState *ks, Datum *args, const char *nulls)
+read_key(KeyState *ks, Oid relid, Datum *args, const char *nulls)
 {
-	Oid			nsp = get_namespace_oid(COURIER_SCHEMA, false);
-	Oid			relid = get_relname_relid("idempotency_keys", nsp);
 	Relation	rel;
 	Relation	idx;
-	ScanKeyData skey[2];
+	ScanKeyData skey[3];
 	SysScanDesc scan;
 	Snapshot	snap;
 	HeapTuple	tup;
@@ -275,16 +308,20 @@ read_key(KeyState *ks, Datum *args, const char *nulls)
 	if (RelationGetDescr(rel)->natts != KEYS_NATTS || !OidIsValid(courier_primary_key_index(rel)))
 		elog(ERROR, "pg_courier: courier.idempotency_keys does not have the expected shape");
 	idx = index_open(courier_primary_key_index(rel), AccessShareLock);
-	ScanKeyEntryInitialize(&skey[0], 0, COL_SCOPE, BTEqualStrategyNumber, InvalidOid,
-						   idx->rd_indcollation[0], F_TEXTEQ, args[0]);
-	ScanKeyEntryInitialize(&skey[1], 0, COL_KEY, BTEqualStrategyNumber, InvalidOid,
-						   idx->rd_indcollation[1], F_TEXTEQ, args[1]);
+	if (idx->rd_index->indnatts != 3 || idx->rd_index->indkey.values[0] != COL_OWNER)
+		elog(ERROR, "pg_courier: courier.idempotency_keys does not have the expected primary key");
+	ScanKeyEntryInitialize(&skey[0], 0, COL_OWNER, BTEqualStrategyNumber, InvalidOid,
+						   InvalidOid, F_OIDEQ, args[ARG_OWNER]);
+	ScanKeyEntryInitialize(&skey[1], 0, COL_SCOPE, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[1], F_TEXTEQ, args[0]);
+	ScanKeyEntryInitialize(&skey[2], 0, COL_KEY, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[2], F_TEXTEQ, args[1]);
 
 	/* see this transaction's earlier writes, and in READ COMMITTED everyone's latest commits */
 	CommandCounterIncrement();
 	snap = RegisterSnapshot(GetTransactionSnapshot());	/* (a private copy) */
 	snap->curcid = GetCurrentCommandId(false);	/* REPEATABLE READ: still see our own writes */
-	scan = systable_beginscan(rel, RelationGetRelid(idx), true, snap, 2, skey);
+	scan = systable_beginscan(rel, RelationGetRelid(idx), true, snap, 3, skey);
 	tup = systable_getnext(scan);
 	if (HeapTupleIsValid(tup))
 	{
@@ -357,7 +394,7 @@ set_outcome(BeginResult *r, const char *outcome, KeyState *ks)
 static bool
 write_key(BeginResult *r, KeyState *ks, Datum *args, const char *nulls)
 {
-	static Oid	types[] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INTERVALOID, INTERVALOID};
+	static Oid	types[] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INTERVALOID, INTERVALOID, REGROLEOID};
 	SPIPlanPtr	plan;
 	int			rc;
 	bool		isnull;
@@ -365,13 +402,13 @@ write_key(BeginResult *r, KeyState *ks, Datum *args, const char *nulls)
 	if (!ks->found)
 		plan = courier_idem_plan(&plan_insert,
 								 "INSERT INTO courier.idempotency_keys AS k "
-								 "  (scope, key, fingerprint, state, lease_token, lease_expires_at, "
+								 "  (owner, scope, key, fingerprint, state, lease_token, lease_expires_at, "
 								 "   attempt, created_at, expires_at) "
-								 "VALUES ($1, $2, $3, 'in_progress', pg_catalog.gen_random_uuid(), $4 " PLUS " $5, "
+								 "VALUES ($7, $1, $2, $3, 'in_progress', pg_catalog.gen_random_uuid(), $4 " PLUS " $5, "
 								 "        1, $4, $4 " PLUS " $6) "
 								 "ON CONFLICT DO NOTHING "
 								 "RETURNING lease_token, lease_expires_at, expires_at, attempt",
-								 6, types);
+								 IDEM_NARGS, types);
 	else if (!ks->live)
 		plan = courier_idem_plan(&plan_reset,
 								 "UPDATE courier.idempotency_keys "
@@ -379,19 +416,20 @@ write_key(BeginResult *r, KeyState *ks, Datum *args, const char *nulls)
 								 "       response = NULL, lease_token = pg_catalog.gen_random_uuid(), "
 								 "       lease_expires_at = $4 " PLUS " $5, attempt = 1, created_at = $4, "
 								 "       completed_at = NULL, expires_at = $4 " PLUS " $6 "
-								 " WHERE scope " EQ " $1 AND key " EQ " $2 AND expires_at " LE " $4 "
+								 " WHERE owner " EQ " $7 AND scope " EQ " $1 AND key " EQ " $2 "
+								 "   AND expires_at " LE " $4 "
 								 "RETURNING lease_token, lease_expires_at, expires_at, attempt",
-								 6, types);
+								 IDEM_NARGS, types);
 	else
 		plan = courier_idem_plan(&plan_recover,
 								 "UPDATE courier.idempotency_keys "
 								 "   SET lease_token = pg_catalog.gen_random_uuid(), "
 								 "       lease_expires_at = $4 " PLUS " $5, attempt = attempt " PLUS " 1 "
-								 " WHERE scope " EQ " $1 AND key " EQ " $2 AND state " EQ " 'in_progress' "
-								 "   AND lease_expires_at " LE " $4 AND expires_at " GT " $4 "
+								 " WHERE owner " EQ " $7 AND scope " EQ " $1 AND key " EQ " $2 "
+								 "   AND state " EQ " 'in_progress' AND lease_expires_at " LE " $4 AND expires_at " GT " $4 "
 								 "   AND " SAME_FP " "
 								 "RETURNING lease_token, lease_expires_at, expires_at, attempt",
-								 6, types);
+								 IDEM_NARGS, types);
 
 	rc = SPI_execute_plan(plan, args, nulls, false, 1);
 	if (rc != SPI_OK_INSERT_RETURNING && rc != SPI_OK_UPDATE_RETURNING)
@@ -445,14 +483,15 @@ begin_tupdesc(FunctionCallInfo fcinfo)
 Datum
 courier_idempotency_begin(PG_FUNCTION_ARGS)
 {
-	text	   *key = check_name(fcinfo, 0, "key", false);
-	text	   *scope = check_name(fcinfo, 2, "scope", true);
-	Interval   *ttl = check_interval(fcinfo, 3, "ttl");
-	Interval   *lease = check_interval(fcinfo, 4, "lease");
+	text	   *key = courier_idem_check_name(fcinfo, 0, "key", false);
+	text	   *scope = courier_idem_check_name(fcinfo, 2, "scope", true);
+	Interval   *ttl = courier_idem_check_interval(fcinfo, 3, "ttl");
+	Interval   *lease = courier_idem_check_interval(fcinfo, 4, "lease");
 	MemoryContext caller = CurrentMemoryContext;
 	TupleDesc	tupdesc;
-	Datum		args[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		args[IDEM_NARGS];
+	char		nulls[IDEM_NARGS] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	IdemCall	call;
 	LOCKTAG		tag;
 	LockAcquireResult locked = LOCKACQUIRE_NOT_AVAIL;
 	KeyState	ks;
@@ -474,12 +513,14 @@ courier_idempotency_begin(PG_FUNCTION_ARGS)
 	args[3] = TimestampTzGetDatum(GetCurrentTimestamp());
 	args[4] = IntervalPGetDatum(lease);
 	args[5] = IntervalPGetDatum(ttl);
-	key_locktag(&tag, scope, key);
 
+	courier_idem_enter(&call);
+	args[ARG_OWNER] = ObjectIdGetDatum(call.space);
+	courier_idem_locktag(&tag, call.space, scope, key);
 	SPI_connect();
 	for (int round = 0;; round++)
 	{
-		read_key(&ks, args, nulls);
+		read_key(&ks, call.relid, args, nulls);
 		if (ks.found && ks.live)
 		{
 			if (!ks.same_fingerprint)
@@ -528,232 +569,6 @@ courier_idempotency_begin(PG_FUNCTION_ARGS)
 	r.nulls[0] = false;
 	result = heap_form_tuple(tupdesc, r.values, r.nulls);
 	SPI_finish();
+	courier_idem_leave(&call);
 	PG_RETURN_DATUM(HeapTupleGetDatum(result));
-}
-
-/*
- * finish_diagnose
- *		complete/abandon/extend found no row to act on: say why.
- */
-static void
-finish_diagnose(Datum *args, const char *nulls, text *key, text *scope, bool token_given)
-{
-	static Oid	types[] = {TEXTOID, TEXTOID, TIMESTAMPTZOID, UUIDOID};
-	SPIPlanPtr	plan;
-	bool		isnull;
-	char	   *k = text_to_cstring(key);
-	char	   *s = text_to_cstring(scope);
-
-	plan = courier_idem_plan(&plan_state, STATE_SQL, 4, types);
-	if (SPI_execute_plan(plan, args, nulls, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "pg_courier: could not read courier.idempotency_keys");
-	if (SPI_processed == 1 &&
-		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
-	{
-		char	   *state = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
-															  SPI_tuptable->tupdesc, 1, &isnull));
-
-		if (strcmp(state, "completed") == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("idempotency key \"%s\" in scope \"%s\" is already completed", k, s),
-					 errhint("A completed key is replayed by courier.idempotency_begin until it expires.")));
-		if (token_given)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("idempotency key \"%s\" in scope \"%s\" is held by another request", k, s),
-					 errdetail("The lease token does not match: this request's lease expired and another request took the key over."),
-					 errhint("Roll back; the request that holds the key now will answer.")));
-	}
-	ereport(ERROR,
-			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("idempotency key \"%s\" in scope \"%s\" is not in progress", k, s),
-			 errdetail("It was never begun, was abandoned, or has expired."),
-			 errhint("Call courier.idempotency_begin first, with a ttl longer than the work takes.")));
-}
-
-/*
- * lock_and_run
- *		Common body of complete/abandon/extend: wait for the key's lock (a
- *		begin() holds it only for a moment, or for the transaction that took
- *		the key over), then run "plan" on the in-progress row that matches
- *		the token; diagnose and raise when there is none.
- */
-static void
-lock_and_run(SPIPlanPtr *slot, const char *sql,
-			 int nargs, Oid *types, Datum *args, const char *nulls,
-			 text *key, text *scope, bool token_given)
-{
-	LOCKTAG		tag;
-	SPIPlanPtr	plan = courier_idem_plan(slot, sql, nargs, types);
-	int			rc;
-
-	key_locktag(&tag, scope, key);
-	(void) LockAcquire(&tag, ExclusiveLock, false, false);
-	rc = SPI_execute_plan(plan, args, nulls, false, 1);
-	if (rc < 0)
-		elog(ERROR, "pg_courier: could not update courier.idempotency_keys: %s",
-			 SPI_result_code_string(rc));
-	if (SPI_processed == 0)
-		finish_diagnose(args, nulls, key, scope, token_given);
-}
-
-/* The WHERE clause shared by complete/abandon/extend: $1 scope, $2 key, $3 now, $4 token. */
-#define HELD_ROW \
-	" WHERE scope " EQ " $1 AND key " EQ " $2 AND state " EQ " 'in_progress' " \
-	"   AND expires_at " GT " $3 AND ($4 IS NULL OR lease_token " EQ " $4) "
-
-/*
- * transient_status
- *		Statuses a client should retry (PROTOCOLS.md): not stored, the key is
- *		released so that the retry runs the work again.
- */
-static bool
-transient_status(int status)
-{
-	return status == 408 || status == 425 || status == 429 || status >= 500;
-}
-
-/*
- * courier_idempotency_complete
- *		courier.idempotency_complete(key, status_code, response, scope,
- *		lease_token): store the answer for replay, or release the key when the
- *		answer is a transient failure.  Returns true when stored.
- */
-Datum
-courier_idempotency_complete(PG_FUNCTION_ARGS)
-{
-	static Oid	types[] = {TEXTOID, TEXTOID, TIMESTAMPTZOID, UUIDOID, INT4OID, JSONBOID};
-	text	   *key = check_name(fcinfo, 0, "key", false);
-	text	   *scope = check_name(fcinfo, 3, "scope", true);
-	int			status;
-	Datum		args[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
-	bool		store;
-
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("idempotency status_code must not be NULL")));
-	status = PG_GETARG_INT32(1);
-	if (status < 200 || status > 599)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("idempotency status_code %d is not a final HTTP status", status),
-				 errhint("Use a status between 200 and 599.")));
-	store = !transient_status(status);
-
-	args[0] = PointerGetDatum(scope);
-	args[1] = PointerGetDatum(key);
-	args[2] = TimestampTzGetDatum(GetCurrentTimestamp());
-	args[3] = PG_ARGISNULL(4) ? (Datum) 0 : PG_GETARG_DATUM(4);
-	nulls[3] = PG_ARGISNULL(4) ? 'n' : ' ';
-	args[4] = Int32GetDatum(status);
-	args[5] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
-	nulls[5] = PG_ARGISNULL(2) ? 'n' : ' ';
-
-	SPI_connect();
-	if (store)
-		lock_and_run(&plan_complete,
-					 "UPDATE courier.idempotency_keys "
-					 "   SET state = 'completed', status_code = $5, response = $6, "
-					 "       completed_at = $3, lease_token = NULL, lease_expires_at = NULL "
-					 HELD_ROW,
-					 6, types, args, nulls, key, scope, !PG_ARGISNULL(4));
-	else
-		lock_and_run(&plan_release,
-					 "DELETE FROM courier.idempotency_keys" HELD_ROW,
-					 4, types, args, nulls, key, scope, !PG_ARGISNULL(4));
-	SPI_finish();
-	PG_RETURN_BOOL(store);
-}
-
-/*
- * courier_idempotency_abandon
- *		courier.idempotency_abandon(key, scope, lease_token): release an
- *		in-progress key so that a retry starts afresh.  Returns false (and does
- *		nothing) when the key is not held at all.
- */
-Datum
-courier_idempotency_abandon(PG_FUNCTION_ARGS)
-{
-	static Oid	types[] = {TEXTOID, TEXTOID, TIMESTAMPTZOID, UUIDOID};
-	text	   *key = check_name(fcinfo, 0, "key", false);
-	text	   *scope = check_name(fcinfo, 1, "scope", true);
-	Datum		args[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
-	LOCKTAG		tag;
-	int			rc;
-	bool		released;
-
-	args[0] = PointerGetDatum(scope);
-	args[1] = PointerGetDatum(key);
-	args[2] = TimestampTzGetDatum(GetCurrentTimestamp());
-	args[3] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
-	nulls[3] = PG_ARGISNULL(2) ? 'n' : ' ';
-
-	SPI_connect();
-	key_locktag(&tag, scope, key);
-	(void) LockAcquire(&tag, ExclusiveLock, false, false);
-	rc = SPI_execute_plan(courier_idem_plan(&plan_release,
-											"DELETE FROM courier.idempotency_keys" HELD_ROW,
-											4, types),
-						  args, nulls, false, 1);
-	if (rc < 0)
-		elog(ERROR, "pg_courier: could not update courier.idempotency_keys: %s",
-			 SPI_result_code_string(rc));
-	released = (SPI_processed == 1);
-	if (!released)
-	{
-		/* completed or held by someone else: an error; simply absent: false */
-		rc = SPI_execute_plan(courier_idem_plan(&plan_state, STATE_SQL, 4, types),
-							  args, nulls, false, 1);
-		if (rc == SPI_OK_SELECT && SPI_processed == 1)
-		{
-			bool		isnull;
-
-			if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
-				finish_diagnose(args, nulls, key, scope, !PG_ARGISNULL(2));
-		}
-	}
-	SPI_finish();
-	PG_RETURN_BOOL(released);
-}
-
-/*
- * courier_idempotency_extend
- *		courier.idempotency_extend(key, lease, scope, lease_token): heartbeat
- *		of long work in the multi-transaction shape; the lease now ends
- *		"lease" from now.  Returns the new end of the lease.
- */
-Datum
-courier_idempotency_extend(PG_FUNCTION_ARGS)
-{
-	static Oid	types[] = {TEXTOID, TEXTOID, TIMESTAMPTZOID, UUIDOID, INTERVALOID};
-	text	   *key = check_name(fcinfo, 0, "key", false);
-	Interval   *lease = check_interval(fcinfo, 1, "lease");
-	text	   *scope = check_name(fcinfo, 2, "scope", true);
-	Datum		args[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
-	bool		isnull;
-	TimestampTz until;
-
-	args[0] = PointerGetDatum(scope);
-	args[1] = PointerGetDatum(key);
-	args[2] = TimestampTzGetDatum(GetCurrentTimestamp());
-	args[3] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
-	nulls[3] = PG_ARGISNULL(3) ? 'n' : ' ';
-	args[4] = IntervalPGetDatum(lease);
-
-	SPI_connect();
-	lock_and_run(&plan_extend,
-				 "UPDATE courier.idempotency_keys "
-				 "   SET lease_expires_at = LEAST($3 " PLUS " $5, expires_at) "
-				 HELD_ROW
-				 "RETURNING lease_expires_at",
-				 5, types, args, nulls, key, scope, !PG_ARGISNULL(3));
-	until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
-											  SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
-	PG_RETURN_TIMESTAMPTZ(until);
 }

@@ -21,17 +21,28 @@
  * (connection error, timeout, 408, 425, 429, 5xx); a permanent rejection
  * such as 400 is an answer, and counts as a success for the breaker.
  *
+ * Who may see what: the origins in use are the endpoints of every role's
+ * outboxes.  courier.breakers() lists them for pg_monitor only;
+ * courier._breaker_state(origin) answers pg_monitor members, and others
+ * only for the origin of an outbox they can see (courier.outboxes under its
+ * row-level security, read in the caller's identity); for any other origin
+ * it answers NULL, as for an origin without a breaker.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include <curl/curl.h>
 
+#include "catalog/pg_authid.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "funcapi.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
@@ -39,6 +50,7 @@
 #include "pg_courier.h"
 #include "outbox_breaker.h"
 #include "outbox_registry.h"
+#include "owner_exec.h"
 
 #define COURIER_MAX_BREAKERS	1024
 #define ORIGIN_LEN				512
@@ -455,10 +467,36 @@ courier_breakers(PG_FUNCTION_ARGS)
 }
 
 /*
+ * origin_visible
+ *		May the caller learn the breaker state of this origin?  Members of
+ *		pg_monitor may; others when an outbox they can see (row-level
+ *		security of courier.outboxes, as the caller) has this origin.
+ */
+static bool
+origin_visible(text *origin)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1] = {PointerGetDatum(origin)};
+	bool		visible;
+
+	if (has_privs_of_role(GetUserId(), ROLE_PG_MONITOR))
+		return true;
+	SPI_connect();
+	if (SPI_execute_with_args(psprintf("SELECT 1 FROM %s o WHERE %s(o.endpoint) OPERATOR(pg_catalog.=) $1 LIMIT 1",
+									   courier_qualified("outboxes"), courier_qualified("_origin")),
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "pg_courier: could not read courier.outboxes");
+	visible = (SPI_processed > 0);
+	SPI_finish();
+	return visible;
+}
+
+/*
  * courier_breaker_state
  *		courier._breaker_state(origin): closed / open / half-open, or NULL
- *		when the endpoint has no breaker yet.  Looks up only the origin asked
- *		for: the list of every endpoint is courier.breakers(), for monitors.
+ *		when the endpoint has no breaker yet or is not one of the caller's
+ *		(see the header comment).  Looks up only the origin asked for: the
+ *		list of every endpoint is courier.breakers(), for monitors.
  */
 Datum
 courier_breaker_state(PG_FUNCTION_ARGS)
@@ -467,7 +505,7 @@ courier_breaker_state(PG_FUNCTION_ARGS)
 	BreakerState state = BREAKER_CLOSED;
 	bool		found = false;
 
-	if (breakers == NULL)
+	if (breakers == NULL || !origin_visible(PG_GETARG_TEXT_PP(0)))
 		PG_RETURN_NULL();
 	for (int i = 0; i < COURIER_MAX_BREAKERS && !found; i++)
 	{

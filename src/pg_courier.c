@@ -25,6 +25,7 @@
 #include "utils/resowner.h"
 
 #include "pg_courier.h"
+#include "key_space.h"
 #include "endpoint_policy.h"
 #include "outbox_breaker.h"
 #include "outbox_registry.h"
@@ -294,6 +295,7 @@ _PG_init(void)
 
 	define_outbox_gucs();
 	courier_registry_init();
+	courier_key_space_init();
 	courier_idempotency_init();
 	courier_saga_init();
 	courier_shard_init();

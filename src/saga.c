@@ -12,16 +12,23 @@
  * function would but without the cost of one on every transition.  The
  * switch is undone on error by (sub)transaction abort.
  *
+ * To a role that may not use a saga type, the type and its sagas do not
+ * exist: the errors are those for unknown names and ids, and
+ * courier.saga_types shows each role its own types (row-level security).
+ * saga_define serialises on a lock of its own class that SQL cannot take.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/lock.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -56,6 +63,9 @@ static int	saga_stuck_after_s = 300;
 
 /* Rows failed per statement of the sweep; more wait for the next one. */
 #define SWEEP_BATCH		200
+
+/* Advisory lock class of saga_define ("CJ"); SQL reaches only classes 1 and 2. */
+#define SAGA_DEFINE_LOCK_CLASS	17226
 
 static TimestampTz last_sweep = 0;
 static SPIPlanPtr plan_sweep = NULL;
@@ -122,18 +132,29 @@ become_caller(SagaIdentity *id)
 }
 
 /*
+ * type_not_found
+ *		The one error for a saga type that does not exist or that the caller
+ *		may not use: other roles' types are not revealed.
+ */
+static void
+type_not_found(const char *saga_type)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("saga type \"%s\" does not exist", saga_type),
+			 errhint("Define it with courier.saga_define().")));
+}
+
+/*
  * check_access
- *		Only members of the role that defined a saga type drive its sagas.
+ *		Only members of the role that defined a saga type drive its sagas;
+ *		to anyone else the type does not exist.
  */
 static void
 check_access(SagaDef *def, Oid caller)
 {
 	if (!has_privs_of_role(caller, def->owner))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for saga type \"%s\"", def->saga_type),
-				 errhint("Sagas of this type can be used by members of role \"%s\".",
-						 GetUserNameFromId(def->owner, false))));
+		type_not_found(def->saga_type);
 }
 
 /*
@@ -167,17 +188,29 @@ arg_uuid(FunctionCallInfo fcinfo, int n)
 }
 
 /*
- * load_or_error
- *		Load a saga (locked when asked) or raise "does not exist".
+ * saga_not_found
+ *		The error for an unknown saga id (or one the caller may not see).
  */
 static void
-load_or_error(SagaInstance *inst, pg_uuid_t *id, bool lock, bool fresh)
+saga_not_found(pg_uuid_t *id)
 {
-	if (!saga_load(inst, id, lock, fresh))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("saga %s does not exist", uuid_text(id)),
-				 errhint("Start it with courier.saga_start(); finished sagas may have been purged.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("saga %s does not exist", uuid_text(id)),
+			 errhint("Start it with courier.saga_start(); finished sagas may have been purged.")));
+}
+
+/*
+ * load_or_error
+ *		Load a saga (locked when asked) that the caller may drive, or raise
+ *		"does not exist".
+ */
+static void
+load_or_error(SagaInstance *inst, pg_uuid_t *id, bool lock, bool fresh, Oid caller)
+{
+	/* another role's saga does not exist either (its type is not revealed) */
+	if (!saga_load(inst, id, lock, fresh) || !has_privs_of_role(caller, inst->def->owner))
+		saga_not_found(id);
 }
 
 /*
@@ -262,8 +295,7 @@ transition(FunctionCallInfo fcinfo, SagaOp op)
 
 	SPI_connect();
 	become_owner(&who);
-	load_or_error(&inst, id, true, true);
-	check_access(inst.def, who.caller);
+	load_or_error(&inst, id, true, true, who.caller);
 	if (step)
 		k = step_or_error(&inst, step);
 
@@ -349,8 +381,7 @@ courier_saga_next(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	become_owner(&who);
-	load_or_error(&inst, id, false, false);
-	check_access(inst.def, who.caller);
+	load_or_error(&inst, id, false, false, who.caller);
 	next = saga_next_action(&inst);
 	become_caller(&who);
 	SPI_finish();
@@ -377,10 +408,7 @@ courier_saga_start(PG_FUNCTION_ARGS)
 	become_owner(&who);
 	version = saga_latest_version(saga_type);
 	if (version == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("saga type \"%s\" does not exist", saga_type),
-				 errhint("Define it with courier.saga_define().")));
+		type_not_found(saga_type);
 	inst.id = *id;
 	saga_init_instance(&inst, saga_def_lookup(saga_type, version), GetCurrentTimestamp());
 	check_access(inst.def, who.caller);
@@ -388,17 +416,40 @@ courier_saga_start(PG_FUNCTION_ARGS)
 		saga_send_command(&inst);
 	else
 	{
-		/* started before (perhaps by a transaction that just committed) */
-		load_or_error(&inst, id, false, true);
-		if (strcmp(inst.def->saga_type, saga_type) != 0)
+		/*
+		 * Started before (perhaps by a transaction that just committed).  An
+		 * id taken by a saga of another type, ours or another role's, gets
+		 * one error that names no type: ids are unique in the database.
+		 */
+		if (!saga_load(&inst, id, false, true))
+			saga_not_found(id);	/* purged meanwhile */
+		if (strcmp(inst.def->saga_type, saga_type) != 0 ||
+			!has_privs_of_role(who.caller, inst.def->owner))
 			ereport(ERROR,
 					(errcode(ERRCODE_DUPLICATE_OBJECT),
-					 errmsg("saga %s already exists with type \"%s\"", uuid_text(id), inst.def->saga_type)));
-		check_access(inst.def, who.caller);
+					 errmsg("saga %s already exists with another saga type", uuid_text(id)),
+					 errhint("Saga ids are unique in the database: start this saga with a new id.")));
 	}
 	become_caller(&who);
 	SPI_finish();
 	PG_RETURN_UUID_P(id);
+}
+
+/*
+ * lock_saga_type
+ *		Serialise definers of one saga type until the end of the transaction.
+ *		The lock is an advisory lock tag of our own class (locktag_field4),
+ *		which no SQL function can take (pg_advisory_lock uses classes 1 and
+ *		2): no role can hold it first to block saga_define.
+ */
+static void
+lock_saga_type(const char *saga_type)
+{
+	LOCKTAG		tag;
+	uint64		h = hash_bytes_extended((const unsigned char *) saga_type, strlen(saga_type), 0);
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h, SAGA_DEFINE_LOCK_CLASS);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
 /*
@@ -455,8 +506,7 @@ courier_saga_define(PG_FUNCTION_ARGS)
 	}
 
 	/* one definer at a time per type, so that versions are gapless */
-	SPI_execute_with_args("SELECT pg_catalog.pg_advisory_xact_lock(1396786497, pg_catalog.hashtext($1))",
-						  1, types, args, NULL, false, 0);
+	lock_saga_type(saga_type);
 	if (SPI_execute_with_args("SELECT t.version, t.owner::pg_catalog.oid,"
 							  " t.steps OPERATOR(pg_catalog.=) $2 AND COALESCE(t.outbox::pg_catalog.oid OPERATOR(pg_catalog.=) $3,"
 							  "   t.outbox IS NULL AND $3 IS NULL)"
@@ -471,9 +521,9 @@ courier_saga_define(PG_FUNCTION_ARGS)
 		owner = DatumGetObjectId(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
 		if (!has_privs_of_role(who.caller, owner))
 			ereport(ERROR,
-					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("permission denied to redefine saga type \"%s\"", saga_type),
-					 errhint("It belongs to role \"%s\".", GetUserNameFromId(owner, false))));
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("saga type \"%s\" is already defined by another role", saga_type),
+					 errhint("Saga type names are unique in the database: choose another name.")));
 		if (DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull)))
 		{
 			become_caller(&who);
