@@ -225,7 +225,7 @@ check_topic_not_empty(Relation rel, AttrNumber attnum, HeapTuple tuple)
 	if (attnum == InvalidAttrNumber)
 		return;
 	d = heap_getattr(tuple, attnum, RelationGetDescr(rel), &isnull);
-	if (!isnull && VARSIZE_ANY_EXHDR(DatumGetPointer(PG_DETOAST_DATUM_PACKED(d))) == 0)
+	if (!isnull && VARSIZE_ANY_EXHDR(DatumGetTextPP(d)) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("event topic must not be empty"),
