@@ -326,7 +326,7 @@ take_row(DispatchPass *dp, OutboxRow *r)
 		keyhash = courier_key_hash(r->key, strlen(r->key));
 		/* a transaction still in progress may own an earlier row of the key */
 		if ((dp->held_keys && hash_search(dp->held_keys, &keyhash, HASH_FIND, NULL)) ||
-			courier_hold_applies(dp->holds, ob->relid, r->id, keyhash))
+			courier_hold_applies(dp->holds, ob->relid, ob->owner, r->id, keyhash))
 		{
 			hold_row(dp, r->id, keyhash);
 			return true;
@@ -600,7 +600,7 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	 * id that a transaction still in progress may own.
 	 */
 	ob->cursor = Min(last, dp.first_held - 1);
-	ob->cursor = Min(ob->cursor, courier_hold_horizon(holds, ob->relid) - 1);
+	ob->cursor = Min(ob->cursor, courier_hold_horizon(holds, ob->relid, ob->owner) - 1);
 
 	/*
 	 * More waiting: only when this pass got somewhere (rows held behind open
