@@ -42,7 +42,9 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/htup_details.h"
 #include "access/twophase.h"
+#include "catalog/pg_class.h"
 #include "commands/sequence.h"
 #include "common/hashfn.h"
 #include "miscadmin.h"
@@ -52,6 +54,7 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "pg_courier.h"
 #include "outbox_registry.h"
@@ -547,6 +550,34 @@ hold_covers(const CourierHold *h, Oid relid, Oid owner)
 	if (h->relid != InvalidOid)
 		return h->relid == relid;
 	return h->owner == InvalidOid || h->owner == owner;
+}
+
+/*
+ * courier_hold_owner
+ *		The owner of outbox relid to match holds against: read from the
+ *		catalog when some hold is by owner (a holder recorded the table's
+ *		owner of its time; ALTER TABLE OWNER waits for it, but the worker's
+ *		list may predate the change).  The caller has locked relid.
+ */
+Oid
+courier_hold_owner(const CourierHoldSet *holds, Oid relid, Oid cached_owner)
+{
+	HeapTuple	tup;
+	Oid			owner = cached_owner;
+
+	for (int i = 0; i < holds->nholds; i++)
+	{
+		if (holds->holds[i].relid != InvalidOid || holds->holds[i].owner == InvalidOid)
+			continue;
+		tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+		if (HeapTupleIsValid(tup))
+		{
+			owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+			ReleaseSysCache(tup);
+		}
+		break;
+	}
+	return owner;
 }
 
 /*

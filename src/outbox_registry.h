@@ -109,6 +109,7 @@ extern int64 courier_registry_insert(Oid relid, Oid relowner, Oid seqid, const c
 
 /* worker side */
 extern Snapshot courier_registry_snapshot(CourierHoldSet *holds);
+extern Oid	courier_hold_owner(const CourierHoldSet *holds, Oid relid, Oid cached_owner);
 extern int64 courier_hold_horizon(const CourierHoldSet *holds, Oid relid, Oid owner);
 extern bool courier_hold_applies(const CourierHoldSet *holds, Oid relid, Oid owner,
 								 int64 id, uint32 keyhash);
