@@ -1,7 +1,8 @@
 # One saga whose timeout command cannot be written (a trigger of the outbox's owner raises on it)
 # does not stop the worker's timeout sweep: the other sagas past their deadline time out, and the
 # failing saga is reported once (one WARNING), not at every sweep.  Once the trigger is fixed, the
-# next sweep times it out too.
+# next sweep times it out too.  More failing sagas than one sweep looks at (200) do not keep it
+# from the sagas due after them either: it goes on past them.
 use strict;
 use warnings;
 
@@ -81,7 +82,58 @@ is($warnings_at->(), 1, 'the failing saga is reported once, not at every sweep')
 $node->safe_psql('postgres', 'DELETE FROM alice.refuse');
 ok(CourierTest::wait_until(sub { status($bad) eq 'compensating' }, timeout => 60, what => 'the fixed saga'),
 	'once the trigger lets it through, the saga times out');
-unlike(slurp_file($node->logfile, $log_start), qr/FATAL|PANIC/, 'no worker crash');
+
+# more failing sagas than a sweep batch, due before two good ones
+$log_start = -s $node->logfile;
+$node->safe_psql('postgres', q{
+	INSERT INTO alice.refuse SELECT pg_catalog.format('00000000-0000-0000-0001-%s', pg_catalog.lpad(g::text, 12, '0'))
+	  FROM pg_catalog.generate_series(1, 250) g;
+	SET ROLE alice;
+	DO $$
+	DECLARE id uuid;
+	BEGIN
+		FOR g IN 1 .. 250 LOOP
+			id := pg_catalog.format('00000000-0000-0000-0001-%s', pg_catalog.lpad(g::text, 12, '0'));
+			PERFORM courier.saga_start('order', '{}', id);
+			PERFORM courier.saga_step_started(id, 'create_order');
+			PERFORM courier.saga_step_succeeded(id, 'create_order');
+			PERFORM courier.saga_step_started(id, 'reserve_inventory');
+		END LOOP;
+	END $$;
+});
+my @later = map { sprintf('00000000-0000-0000-0002-%012d', $_) } 1 .. 2;
+for my $id (@later)
+{
+	$node->safe_psql('postgres', qq{
+		SET ROLE alice;
+		SELECT courier.saga_start('order', '{}', '$id');
+		SELECT courier.saga_step_started('$id', 'create_order');
+		SELECT courier.saga_step_succeeded('$id', 'create_order');
+		SELECT courier.saga_step_started('$id', 'reserve_inventory');
+	});
+}
+ok(CourierTest::wait_until(sub { !grep { status($_) ne 'compensating' } @later }, timeout => 60,
+	what => 'the sagas behind 250 failing ones'), 'sagas due after 250 failing ones time out');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM courier.sagas
+	WHERE saga_id::text LIKE '00000000-0000-0000-0001-%' AND status = 'running'}), '250', 'the failing ones still run');
+# a probe again: once it timed out, every failing saga was met by several sweeps
+$probe = '00000000-0000-0000-0000-0000000000cd';
+$node->safe_psql('postgres', qq{
+	SET ROLE alice;
+	SELECT courier.saga_start('order', '{}', '$probe');
+	SELECT courier.saga_step_started('$probe', 'create_order');
+	SELECT courier.saga_step_succeeded('$probe', 'create_order');
+	SELECT courier.saga_step_started('$probe', 'reserve_inventory');
+});
+ok(CourierTest::wait_until(sub { status($probe) eq 'compensating' }, timeout => 60, what => 'the second probe'),
+	'the second probe times out');
+my %seen;
+$log = slurp_file($node->logfile, $log_start);
+$seen{$1}++ while $log =~ /WARNING:.*saga (00000000-0000-0000-0001-\d+)/g;
+is(scalar(keys %seen), 250, 'each failing saga is reported');
+is(scalar(grep { $_ != 1 } values %seen), 0, 'each exactly once');
+
+unlike(slurp_file($node->logfile), qr/FATAL|PANIC/, 'no worker crash');
 
 $node->stop;
 done_testing();
