@@ -420,6 +420,11 @@ record_outcome(void *arg)
 		ereport(ERROR,
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 				 errmsg("outbox %s is locked by another transaction", ob->qname)));
+	/* so is a table all roles share (shared_tables.c): reported by the round */
+	if (!courier_shared_tables_lock(false))
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("a pg_courier table is locked by another transaction")));
 	/* (statements dropped after an error or a rename while requests were out) */
 	if (ob->delete_plan == NULL)
 		courier_run_as_owner(ob->owner, make_plans_call, ob);

@@ -338,6 +338,7 @@ typedef struct DispatchPass
 {
 	OutboxState *ob;
 	const CourierHoldSet *holds;
+	Oid			owner;			/* the table's owner now, for the holds */
 	int			budget;			/* requests we may still start */
 	bool		probe;			/* the breaker allows a single probe */
 	bool		stopped;		/* budget exhausted */
@@ -388,7 +389,7 @@ take_row(DispatchPass *dp, OutboxRow *r)
 		keyhash = courier_key_hash(r->key, strlen(r->key));
 		/* a transaction still in progress may own an earlier row of the key */
 		if ((dp->held_keys && hash_search(dp->held_keys, &keyhash, HASH_FIND, NULL)) ||
-			courier_hold_applies(dp->holds, ob->relid, r->id, keyhash))
+			courier_hold_applies(dp->holds, ob->relid, dp->owner, r->id, keyhash))
 		{
 			hold_row(dp, r->id, keyhash);
 			return true;
@@ -600,6 +601,8 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	/* the owner holds a lock on the table: try again later rather than wait */
 	if (!ConditionalLockRelationOid(ob->relid, AccessShareLock))
 		return false;
+	/* locked: its owner cannot change under us (ob->owner may be stale) */
+	dp.owner = courier_hold_owner(holds, ob->relid, ob->owner);
 	/* statements are made here; a broken outbox is healthy again only if they work */
 	if (ob->plans_stale)
 	{
@@ -690,7 +693,7 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	 * id that a transaction still in progress may own.
 	 */
 	ob->cursor = Min(last, dp.first_held - 1);
-	ob->cursor = Min(ob->cursor, courier_hold_horizon(holds, ob->relid) - 1);
+	ob->cursor = Min(ob->cursor, courier_hold_horizon(holds, ob->relid, dp.owner) - 1);
 
 	/*
 	 * More waiting: only when this pass got somewhere (rows held behind open

@@ -283,7 +283,7 @@ courier_outbox_before_insert(PG_FUNCTION_ARGS)
 	if (!isnull)
 		given_id = DatumGetInt64(d);
 
-	id = courier_registry_insert(rel->rd_id, e->seqid, key, keylen, given_id);
+	id = courier_registry_insert(rel->rd_id, rel->rd_rel->relowner, e->seqid, key, keylen, given_id);
 	if (id == given_id)
 		return PointerGetDatum(tuple);
 

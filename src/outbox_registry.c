@@ -16,6 +16,18 @@
  * holds back rows of those keys at or above that id while the writing
  * transaction is still invisible to the snapshot.  Rows of other keys flow.
  *
+ * Bounds.  A slot remembers COURIER_SLOT_OUTBOXES outboxes with up to
+ * COURIER_SLOT_KEYS keys each (past those keys: all keys of that outbox).  A
+ * transaction that writes further outboxes records their owners instead:
+ * the worker then holds every keyed row of every outbox of those owners
+ * (the table's owner, not the writing role: a SECURITY DEFINER function or
+ * SET ROLE may write any table, but a write always records the owner of the
+ * table it lands in, before its id is drawn, and ALTER TABLE OWNER waits for
+ * the writing transaction).  So a role that keeps such a transaction open
+ * holds back only outboxes owned by the roles whose tables it wrote; other
+ * owners' keys flow.  Only past COURIER_SLOT_OWNERS distinct owners does
+ * a transaction hold every outbox of the database.
+ *
  * Atomicity.  A committing producer clears its slot after its commit is
  * visible in the proc array, under courier's LWLock in shared mode; the
  * worker takes its snapshot and reads the slots under the same lock in
@@ -30,7 +42,9 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/htup_details.h"
 #include "access/twophase.h"
+#include "catalog/pg_class.h"
 #include "commands/sequence.h"
 #include "common/hashfn.h"
 #include "miscadmin.h"
@@ -40,6 +54,7 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "pg_courier.h"
 #include "outbox_registry.h"
@@ -150,12 +165,31 @@ courier_key_hash(const char *key, int len)
 }
 
 /*
+ * slot_add_owner
+ *		Remember that the transaction writes an outbox of owner that found no
+ *		room of its own (slot mutex held): every outbox of owner is held.
+ */
+static void
+slot_add_owner(ProducerSlot *slot, Oid owner)
+{
+	if (slot->all_outboxes)
+		return;
+	for (int i = 0; i < slot->nowners; i++)
+		if (slot->owners[i] == owner)
+			return;
+	if (slot->nowners == COURIER_SLOT_OWNERS)
+		slot->all_outboxes = true;
+	else
+		slot->owners[slot->nowners++] = owner;
+}
+
+/*
  * slot_outbox
  *		Find or add this transaction's entry for relid (slot mutex held).
- *		Returns NULL when the slot has overflowed to "all outboxes".
+ *		Returns NULL when there is no room: then owner's outboxes are held.
  */
 static ProducerOutbox *
-slot_outbox(ProducerSlot *slot, Oid relid)
+slot_outbox(ProducerSlot *slot, Oid relid, Oid owner)
 {
 	ProducerOutbox *e;
 
@@ -164,7 +198,7 @@ slot_outbox(ProducerSlot *slot, Oid relid)
 			return &slot->outboxes[i];
 	if (slot->noutboxes == COURIER_SLOT_OUTBOXES)
 	{
-		slot->all_outboxes = true;
+		slot_add_owner(slot, owner);
 		return NULL;
 	}
 	e = &slot->outboxes[slot->noutboxes++];
@@ -197,10 +231,11 @@ slot_add_key(ProducerOutbox *e, uint32 keyhash)
  * courier_registry_insert
  *		Called by the outbox trigger for every row: registers the key, then
  *		draws the row's id from seqid (unless the row brings its own id), and
- *		records the transaction's lowest id.  Returns the id.
+ *		records the transaction's lowest id.  relowner is the table's owner
+ *		(for the fallback past COURIER_SLOT_OUTBOXES).  Returns the id.
  */
 int64
-courier_registry_insert(Oid relid, Oid seqid, const char *key, int keylen, int64 given_id)
+courier_registry_insert(Oid relid, Oid relowner, Oid seqid, const char *key, int keylen, int64 given_id)
 {
 	ProducerSlot *slot = NULL;
 	ProducerOutbox *e = NULL;
@@ -224,8 +259,9 @@ courier_registry_insert(Oid relid, Oid seqid, const char *key, int keylen, int64
 			slot->xid = xid;
 			slot->all_outboxes = false;
 			slot->noutboxes = 0;
+			slot->nowners = 0;
 		}
-		e = slot_outbox(slot, relid);
+		e = slot_outbox(slot, relid, relowner);
 		if (e != NULL)
 		{
 			first = (e->lowid == 0);
@@ -354,6 +390,7 @@ clear_slot(bool committed)
 	SpinLockAcquire(&slot->mutex);
 	slot->xid = InvalidTransactionId;
 	slot->noutboxes = 0;
+	slot->nowners = 0;
 	slot->all_outboxes = false;
 	SpinLockRelease(&slot->mutex);
 	if (committed)
@@ -471,13 +508,30 @@ courier_registry_init(void)
 }
 
 /*
+ * add_owner_hold
+ *		Append a hold of every keyed row of every outbox of owner (of every
+ *		outbox at all when owner is InvalidOid); the caller made room.
+ */
+static void
+add_owner_hold(CourierHoldSet *holds, Oid owner)
+{
+	CourierHold *h = &holds->holds[holds->nholds++];
+
+	h->relid = InvalidOid;
+	h->owner = owner;
+	h->lowid = 0;
+	h->all_keys = true;
+	h->nkeys = 0;
+}
+
+/*
  * add_holds_from_slot
  *		Append the holds of one in-progress producer transaction.
  */
 static void
 add_holds_from_slot(const ProducerSlot *s, CourierHoldSet *holds, int *cap)
 {
-	int			need = s->all_outboxes ? 1 : s->noutboxes;
+	int			need = s->all_outboxes ? 1 : s->noutboxes + s->nowners;
 
 	if (holds->nholds + need > *cap)
 	{
@@ -486,19 +540,17 @@ add_holds_from_slot(const ProducerSlot *s, CourierHoldSet *holds, int *cap)
 	}
 	if (s->all_outboxes)
 	{
-		CourierHold *h = &holds->holds[holds->nholds++];
-
-		h->relid = InvalidOid;
-		h->lowid = 0;
-		h->all_keys = true;
-		h->nkeys = 0;
+		add_owner_hold(holds, InvalidOid);
 		return;
 	}
+	for (int i = 0; i < s->nowners; i++)
+		add_owner_hold(holds, s->owners[i]);
 	for (int i = 0; i < s->noutboxes; i++)
 	{
 		CourierHold *h = &holds->holds[holds->nholds++];
 
 		h->relid = s->outboxes[i].relid;
+		h->owner = InvalidOid;
 		h->lowid = s->outboxes[i].lowid;
 		h->all_keys = s->outboxes[i].all_keys;
 		h->nkeys = s->outboxes[i].nkeys;
@@ -544,14 +596,54 @@ courier_registry_snapshot(CourierHoldSet *holds)
 }
 
 /*
+ * hold_covers
+ *		Does hold h concern outbox relid, owned by owner?
+ */
+static inline bool
+hold_covers(const CourierHold *h, Oid relid, Oid owner)
+{
+	if (h->relid != InvalidOid)
+		return h->relid == relid;
+	return h->owner == InvalidOid || h->owner == owner;
+}
+
+/*
+ * courier_hold_owner
+ *		The owner of outbox relid to match holds against: read from the
+ *		catalog when some hold is by owner (a holder recorded the table's
+ *		owner of its time; ALTER TABLE OWNER waits for it, but the worker's
+ *		list may predate the change).  The caller has locked relid.
+ */
+Oid
+courier_hold_owner(const CourierHoldSet *holds, Oid relid, Oid cached_owner)
+{
+	HeapTuple	tup;
+	Oid			owner = cached_owner;
+
+	for (int i = 0; i < holds->nholds; i++)
+	{
+		if (holds->holds[i].relid != InvalidOid || holds->holds[i].owner == InvalidOid)
+			continue;
+		tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+		if (HeapTupleIsValid(tup))
+		{
+			owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+			ReleaseSysCache(tup);
+		}
+		break;
+	}
+	return owner;
+}
+
+/*
  * courier_hold_horizon
- *		The lowest id an invisible producer transaction may own in relid
- *		(PG_INT64_MAX when there is none).  The worker's read cursor must
+ *		The lowest id an invisible producer transaction may own in relid,
+ *		owned by owner (PG_INT64_MAX when there is none).  The worker's read cursor must
  *		stay below it: such a row becomes visible only when its transaction
  *		commits, and must then still be read before later rows of its key.
  */
 int64
-courier_hold_horizon(const CourierHoldSet *holds, Oid relid)
+courier_hold_horizon(const CourierHoldSet *holds, Oid relid, Oid owner)
 {
 	int64		horizon = PG_INT64_MAX;
 
@@ -559,7 +651,7 @@ courier_hold_horizon(const CourierHoldSet *holds, Oid relid)
 	{
 		const CourierHold *h = &holds->holds[i];
 
-		if (h->relid == InvalidOid || h->relid == relid)
+		if (hold_covers(h, relid, owner))
 			horizon = Min(horizon, h->lowid);
 	}
 	return horizon;
@@ -570,13 +662,14 @@ courier_hold_horizon(const CourierHoldSet *holds, Oid relid)
  *		Must the row (relid, id, keyhash) wait for an invisible transaction?
  */
 bool
-courier_hold_applies(const CourierHoldSet *holds, Oid relid, int64 id, uint32 keyhash)
+courier_hold_applies(const CourierHoldSet *holds, Oid relid, Oid owner,
+					 int64 id, uint32 keyhash)
 {
 	for (int i = 0; i < holds->nholds; i++)
 	{
 		const CourierHold *h = &holds->holds[i];
 
-		if (h->relid != InvalidOid && h->relid != relid)
+		if (!hold_covers(h, relid, owner))
 			continue;
 		if (id < h->lowid)
 			continue;

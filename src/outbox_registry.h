@@ -16,8 +16,13 @@
 
 /* Keys remembered per (transaction, outbox) before falling back to "all keys". */
 #define COURIER_SLOT_KEYS		16
-/* Outboxes remembered per transaction before falling back to "all outboxes". */
+/*
+ * Outboxes remembered per transaction; past them, the owners of the further
+ * outboxes it writes ("every outbox of that owner"), and past those, "all
+ * outboxes".
+ */
 #define COURIER_SLOT_OUTBOXES	4
+#define COURIER_SLOT_OWNERS		4
 #define COURIER_MAX_OUTBOXES	1024
 #define COURIER_ERRLEN			256
 
@@ -31,14 +36,16 @@
 #define COURIER_MAX_KEY_BYTES	2000
 
 /*
- * A hold: rows of outbox relid (InvalidOid: every outbox) with id >= lowid
- * whose key hashes to one of keys[] (or any key, if all_keys) must not be
- * delivered yet, because a transaction still in progress may own an earlier
- * row of the same key.
+ * A hold: rows of outbox relid with id >= lowid whose key hashes to one of
+ * keys[] (or any key, if all_keys) must not be delivered yet, because a
+ * transaction still in progress may own an earlier row of the same key.
+ * relid InvalidOid: every outbox owned by owner (every outbox at all when
+ * owner is InvalidOid too).
  */
 typedef struct CourierHold
 {
 	Oid			relid;
+	Oid			owner;
 	int64		lowid;
 	bool		all_keys;
 	int			nkeys;
@@ -98,12 +105,14 @@ typedef struct CourierWorkerInfo
 } CourierWorkerInfo;
 
 /* producer side */
-extern int64 courier_registry_insert(Oid relid, Oid seqid, const char *key, int keylen, int64 given_id);
+extern int64 courier_registry_insert(Oid relid, Oid relowner, Oid seqid, const char *key, int keylen, int64 given_id);
 
 /* worker side */
 extern Snapshot courier_registry_snapshot(CourierHoldSet *holds);
-extern int64 courier_hold_horizon(const CourierHoldSet *holds, Oid relid);
-extern bool courier_hold_applies(const CourierHoldSet *holds, Oid relid, int64 id, uint32 keyhash);
+extern Oid	courier_hold_owner(const CourierHoldSet *holds, Oid relid, Oid cached_owner);
+extern int64 courier_hold_horizon(const CourierHoldSet *holds, Oid relid, Oid owner);
+extern bool courier_hold_applies(const CourierHoldSet *holds, Oid relid, Oid owner,
+								 int64 id, uint32 keyhash);
 extern uint32 courier_key_hash(const char *key, int len);
 extern CourierWorkerInfo *courier_worker_attach(const char *dbname);
 extern void courier_worker_detach(void);

@@ -28,9 +28,11 @@ typedef struct ProducerSlot
 	slock_t		mutex;
 	Oid			dboid;
 	TransactionId xid;			/* InvalidTransactionId: slot unused */
-	bool		all_outboxes;	/* wrote more outboxes than fit below */
+	bool		all_outboxes;	/* wrote more outboxes' owners than fit below */
 	int			noutboxes;
 	ProducerOutbox outboxes[COURIER_SLOT_OUTBOXES];
+	int			nowners;		/* owners of the outboxes past outboxes[] */
+	Oid			owners[COURIER_SLOT_OWNERS];
 } ProducerSlot;
 
 typedef struct CourierShared

@@ -232,6 +232,14 @@ delivery_round(void)
 		return false;
 	}
 
+	/* another role locked a table all roles share: skip the round, never wait */
+	if (!courier_shared_tables_lock(true))
+	{
+		SPI_finish();
+		CommitTransactionCommand();
+		courier_worker_set_state("waiting: a shared table is locked");
+		return false;
+	}
 	PushActiveSnapshot(courier_registry_snapshot(&holds));
 	if (rescan || last_refresh == 0 || TimestampDifferenceExceeds(last_refresh, now, REFRESH_INTERVAL_MS))
 	{
@@ -454,7 +462,7 @@ maintenance(TimestampTz now)
 	last_maintenance = now;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	if (extension_usable())
+	if (extension_usable() && courier_shared_tables_lock(true))
 	{
 		PushActiveSnapshot(GetTransactionSnapshot());
 		courier_run_contained(call_void, (void *) courier_idempotency_maintenance, "idempotency key sweep failed");

@@ -283,4 +283,7 @@ extern void courier_complete(List *finished);
 extern void courier_record_acked(List *outboxes);
 extern void courier_forget_outbox(OutboxState *ob);
 
+/* shared_tables.c: never wait for another role's lock on a shared table */
+extern bool courier_shared_tables_lock(bool report);
+
 #endif							/* OUTBOX_WORKER_H */

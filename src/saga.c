@@ -70,6 +70,27 @@ static int	saga_stuck_after_s = 300;
 static TimestampTz last_sweep = 0;
 static SPIPlanPtr plan_sweep = NULL;
 
+/*
+ * Where a sweep goes on: sagas at or before (deadline, saga_id) were looked
+ * at.  A saga that cannot be timed out stays due: the sweep goes past it
+ * rather than meet the same failing sagas at the head of every batch.
+ */
+typedef struct SweepCursor
+{
+	TimestampTz deadline;
+	pg_uuid_t	id;
+} SweepCursor;
+
+static SweepCursor sweep_cursor = {DT_NOBEGIN};
+
+/*
+ * Sagas whose timeout failed and was reported (the worker's, in
+ * TopMemoryContext): each is reported once until it times out; past
+ * FAILING_SAGAS_MAX the further ones are not reported.
+ */
+#define FAILING_SAGAS_MAX 1024
+static HTAB *failing_sagas = NULL;
+
 /* The caller's identity while we act as the tables' owner. */
 typedef struct SagaIdentity
 {
@@ -597,6 +618,31 @@ courier_saga_stuck_after(PG_FUNCTION_ARGS)
 }
 
 /*
+ * first_failure
+ *		Remember that saga id could not be timed out; true the first time
+ *		(report it), false while it keeps failing.
+ */
+static bool
+first_failure(pg_uuid_t *id)
+{
+	bool		found;
+
+	if (failing_sagas == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = ctl.entrysize = sizeof(pg_uuid_t);
+		ctl.hcxt = TopMemoryContext;
+		failing_sagas = hash_create("pg_courier failing sagas", 64, &ctl,
+									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	if (hash_get_num_entries(failing_sagas) >= FAILING_SAGAS_MAX)
+		return false;			/* that many are reported already */
+	hash_search(failing_sagas, id, HASH_ENTER, &found);
+	return !found;
+}
+
+/*
  * time_out_one
  *		Fail the running step of one saga (locked by the sweep) if it is
  *		still past its deadline, in a subtransaction: a saga that cannot be
@@ -635,6 +681,8 @@ time_out_one(pg_uuid_t *id, TimestampTz now)
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcontext);
 		CurrentResourceOwner = oldowner;
+		if (failing_sagas)
+			hash_search(failing_sagas, id, HASH_REMOVE, NULL);
 	}
 	PG_CATCH();
 	{
@@ -646,8 +694,10 @@ time_out_one(pg_uuid_t *id, TimestampTz now)
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcontext);
 		CurrentResourceOwner = oldowner;
-		ereport(WARNING,
-				(errmsg("pg_courier: could not time out a step of saga %s: %s", uuid_text(id), edata->message)));
+		if (first_failure(id))
+			ereport(WARNING,
+					(errmsg("pg_courier: could not time out a step of saga %s: %s", uuid_text(id), edata->message),
+					 errdetail("The sweep goes on with the other sagas and tries this one again at every sweep; it is reported again only after it timed out.")));
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
@@ -657,33 +707,38 @@ time_out_one(pg_uuid_t *id, TimestampTz now)
 /*
  * sweep
  *		Fail the steps that are past their deadline, looking at most at
- *		SWEEP_BATCH sagas; returns how many it looked at and adds the number
- *		of steps it failed to *timed_out.  Rows being driven right now are skipped
- *		(SKIP LOCKED): they are either finishing the step or will be seen by
- *		the next sweep.
+ *		SWEEP_BATCH sagas after *cursor (which it advances); returns how many
+ *		it looked at and adds the number of steps it failed to *timed_out.
+ *		Rows being driven right now are skipped (SKIP LOCKED): they are
+ *		either finishing the step or will be seen by the next sweep.
  */
 static uint64
-sweep(TimestampTz now, uint64 *timed_out)
+sweep(TimestampTz now, uint64 *timed_out, SweepCursor *cursor)
 {
-	Datum		args[2];
+	Datum		args[4];
 	pg_uuid_t  *ids;
 	uint64		n;
 
 	SPI_connect();
 	if (plan_sweep == NULL)
 	{
-		Oid			types[2] = {TIMESTAMPTZOID, INT8OID};
+		Oid			types[4] = {TIMESTAMPTZOID, INT8OID, TIMESTAMPTZOID, UUIDOID};
 
-		plan_sweep = SPI_prepare(psprintf("SELECT saga_id FROM %s.saga_instances"
+		plan_sweep = SPI_prepare(psprintf("SELECT saga_id, deadline FROM %s.saga_instances"
 										  " WHERE deadline OPERATOR(pg_catalog.<=) $1"
-										  " ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED",
-										  courier_schema_name()), 2, types);
+										  "   AND (deadline OPERATOR(pg_catalog.>) $3"
+										  "     OR (deadline OPERATOR(pg_catalog.=) $3"
+										  "       AND saga_id OPERATOR(pg_catalog.>) $4))"
+										  " ORDER BY deadline, saga_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+										  courier_schema_name()), 4, types);
 		if (plan_sweep == NULL)
 			elog(ERROR, "pg_courier: could not prepare the saga sweep");
 		SPI_keepplan(plan_sweep);
 	}
 	args[0] = TimestampTzGetDatum(now);
 	args[1] = Int64GetDatum(SWEEP_BATCH);
+	args[2] = TimestampTzGetDatum(cursor->deadline);
+	args[3] = UUIDPGetDatum(&cursor->id);
 	if (SPI_execute_plan(plan_sweep, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "pg_courier: saga sweep failed");
 
@@ -694,6 +749,12 @@ sweep(TimestampTz now, uint64 *timed_out)
 		bool		isnull;
 
 		ids[i] = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		if (i == n - 1)
+		{
+			cursor->deadline = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[i],
+																 SPI_tuptable->tupdesc, 2, &isnull));
+			cursor->id = ids[i];
+		}
 	}
 	for (uint64 i = 0; i < n; i++)
 		if (time_out_one(&ids[i], now))
@@ -715,11 +776,12 @@ courier_saga_enforce_timeouts(PG_FUNCTION_ARGS)
 	SagaIdentity who;
 	uint64		total = 0;
 	uint64		n;
+	SweepCursor cursor = {DT_NOBEGIN};
 
 	become_owner(&who);
 	do
 	{
-		n = sweep(now, &total);
+		n = sweep(now, &total, &cursor);
 	} while (n == SWEEP_BATCH);
 	become_caller(&who);
 	PG_RETURN_INT64((int64) total);
@@ -742,6 +804,8 @@ courier_saga_maintenance(void)
 		!TimestampDifferenceExceeds(last_sweep, now, saga_timeout_interval_ms))
 		return;
 	last_sweep = now;
-	if (sweep(now, &timed_out) == SWEEP_BATCH)
-		last_sweep = 0;			/* more may be due: look again next time */
+	if (sweep(now, &timed_out, &sweep_cursor) == SWEEP_BATCH)
+		last_sweep = 0;			/* more may be due: go on next time */
+	else
+		sweep_cursor.deadline = DT_NOBEGIN; /* done: the next sweep starts over */
 }
