@@ -282,6 +282,21 @@ text_equal(Datum a, Datum b)
 }
 
 /*
+ * keys_table_outdated
+ *		The key table is not the one this library works on: the library was
+ *		updated and ALTER EXTENSION ... UPDATE has not run yet (or the table
+ *		was changed by hand).
+ */
+pg_noreturn static void
+keys_table_outdated(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("courier.idempotency_keys is not the table this version of pg_courier expects"),
+			 errhint("After installing a new pg_courier, run ALTER EXTENSION pg_courier UPDATE in each database.")));
+}
+
+/*
  * read_key
  *		Look the key up with a fresh snapshot (as an SPI query would take) and
  *		judge it against "now".  This is the whole of a replay, so it reads the
@@ -306,10 +321,10 @@ read_key(KeyState *ks, Oid relid, Datum *args, const char *nulls)
 	memset(ks, 0, sizeof(*ks));
 	rel = table_open(relid, AccessShareLock);
 	if (RelationGetDescr(rel)->natts != KEYS_NATTS || !OidIsValid(courier_primary_key_index(rel)))
-		elog(ERROR, "pg_courier: courier.idempotency_keys does not have the expected shape");
+		keys_table_outdated();
 	idx = index_open(courier_primary_key_index(rel), AccessShareLock);
 	if (idx->rd_index->indnatts != 3 || idx->rd_index->indkey.values[0] != COL_OWNER)
-		elog(ERROR, "pg_courier: courier.idempotency_keys does not have the expected primary key");
+		keys_table_outdated();
 	ScanKeyEntryInitialize(&skey[0], 0, COL_OWNER, BTEqualStrategyNumber, InvalidOid,
 						   InvalidOid, F_OIDEQ, args[ARG_OWNER]);
 	ScanKeyEntryInitialize(&skey[1], 0, COL_SCOPE, BTEqualStrategyNumber, InvalidOid,

@@ -96,9 +96,12 @@ $node->safe_psql($db, qq{
 	        'HTTP 500');
 	INSERT INTO courier.delivered_events (outbox, outbox_id, event_id, key, payload, created_at, attempts)
 	VALUES ('ob', 999, gen_random_uuid(), 'k0', '{"delivered": 1}', now(), 1);
-	SELECT outcome FROM courier.idempotency_begin('order-1', 'fp-1');
-	SELECT courier.idempotency_complete('order-1', 201, '{"order": 1}');
-	SELECT outcome FROM courier.idempotency_begin('order-2');
+	-- keys as 0.1.0 left them (the key functions of the installed library work on the 0.2.0 table)
+	INSERT INTO courier.idempotency_keys (scope, key, fingerprint, state, status_code, response, lease_token,
+	                                      lease_expires_at, created_at, completed_at, expires_at)
+	VALUES ('', 'order-1', 'fp-1', 'completed', 201, '{"order": 1}', NULL, NULL, now(), now(), now() + interval '1 day'),
+	       ('', 'order-2', NULL, 'in_progress', NULL, NULL, gen_random_uuid(), now() + interval '30 seconds', now(),
+	        NULL, now() + interval '1 day');
 	SELECT courier.consume_once('billing', gen_random_uuid());
 	SELECT courier.saga_define('order', '[{"name": "create", "compensation": "cancel"}, {"name": "ship"}]', 'ob');
 	SELECT courier.saga_start('order', '{"order_id": 1}');
