@@ -105,7 +105,7 @@ $node->safe_psql('postgres', qq{
 	END \$\$;
 });
 $node->safe_psql('postgres', q{SET ROLE eve; VACUUM eve.conv});
-$node->safe_psql('postgres', q{
+my ($rc, $out, $err) = $node->psql('postgres', q{
 	SET ROLE eve;
 	CREATE RULE "_RETURN" AS ON SELECT TO eve.conv DO INSTEAD
 		SELECT 1::bigint AS id, gen_random_uuid() AS event_id, NULL::text AS topic, NULL::text AS key,
@@ -114,8 +114,11 @@ $node->safe_psql('postgres', q{
 		       NULL::integer AS last_status, NULL::text AS last_error
 		 WHERE eve.spy();
 });
-is($node->safe_psql('postgres', q{SELECT relkind FROM pg_class WHERE oid = 'eve.conv'::regclass}), 'v',
-	'eve turned a registered outbox into a view');
+# PostgreSQL 16 and later no longer convert a table into a view: the attack ends there
+my $converted = $node->safe_psql('postgres', 'SHOW server_version_num') < 160000;
+is($node->safe_psql('postgres', q{SELECT relkind FROM pg_class WHERE oid = 'eve.conv'::regclass}),
+	$converted ? 'v' : 'r',
+	$converted ? 'eve turned a registered outbox into a view' : 'PostgreSQL refused to turn the outbox into a view');
 $node->safe_psql('postgres', qq{
 	SET ROLE eve;
 	SELECT courier.create_outbox('eve.policed', '$url');
@@ -129,7 +132,7 @@ $node->safe_psql('postgres', q{SELECT * FROM courier.outbox_stats});
 $node->safe_psql('postgres', q{SELECT courier.metrics()});
 $node->safe_psql('postgres', q{SELECT * FROM courier.worker_status()});
 is($node->safe_psql('postgres', q{SELECT pending IS NULL FROM courier.outbox_stats WHERE outbox = 'eve.conv'::regclass}),
-	't', 'the converted outbox shows no pending count (it is not read)');
+	't', 'the converted outbox shows no pending count (it is not read)') if $converted;
 
 # The worker delivers alice's and eve's real events meanwhile.
 $node->safe_psql('postgres', q{SET ROLE alice; SELECT courier.send('alice.events', '{"n": 1}', 'a')});
