@@ -54,7 +54,7 @@ for my $ob (@attacked)
 		DO \$\$
 		DECLARE c record;
 		BEGIN
-			FOR c IN SELECT conname FROM pg_constraint WHERE conrelid = '$ob'::regclass LOOP
+			FOR c IN SELECT conname FROM pg_constraint WHERE conrelid = '$ob'::regclass AND contype <> 'n' LOOP
 				EXECUTE format('ALTER TABLE $ob DROP CONSTRAINT %I', c.conname);
 			END LOOP;
 			FOR c IN SELECT attname FROM pg_attribute WHERE attrelid = '$ob'::regclass AND attnum > 0 AND NOT attisdropped LOOP
