@@ -124,7 +124,7 @@ for i in $(seq 0 9); do
 done
 t1=$(now_ms)
 printf '  committed %d events in %.1f s while the endpoint was down\n' "$BIG" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')"
-echo "  breaker: $(psql -Atc "SELECT state || ', opened ' || opens || ' time(s)' FROM courier.breakers() WHERE endpoint = courier._origin('http://127.0.0.1:$SINK_PORT/')")"
+echo "  breaker: $(psql -Atc "SELECT state || ', opened ' || opens || ' time(s)' FROM courier.breakers() WHERE endpoint = courier._origin('http://127.0.0.1:$SINK_PORT/kafka')")"
 echo "  table size with the backlog: $(size)"
 anon0=$(rss_kb "$worker" RssAnon)
 failed0=$(psql -Atc "SELECT failed_attempts FROM courier.outbox_stats WHERE outbox = 'bench_big'::regclass")
