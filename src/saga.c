@@ -55,49 +55,14 @@ PG_FUNCTION_INFO_V1(courier_saga_abort);
 PG_FUNCTION_INFO_V1(courier_saga_next);
 PG_FUNCTION_INFO_V1(courier_saga_purge);
 PG_FUNCTION_INFO_V1(courier_saga_stuck_after);
-PG_FUNCTION_INFO_V1(courier_saga_enforce_timeouts);
 
 /* GUCs */
-static int	saga_timeout_interval_ms = 1000;
+int			saga_timeout_interval_ms = 1000;
 static int	saga_stuck_after_s = 300;
-
-/* Rows failed per statement of the sweep; more wait for the next one. */
-#define SWEEP_BATCH		200
 
 /* Advisory lock class of saga_define ("CJ"); SQL reaches only classes 1 and 2. */
 #define SAGA_DEFINE_LOCK_CLASS	17226
 
-static TimestampTz last_sweep = 0;
-static SPIPlanPtr plan_sweep = NULL;
-
-/*
- * Where a sweep goes on: sagas at or before (deadline, saga_id) were looked
- * at.  A saga that cannot be timed out stays due: the sweep goes past it
- * rather than meet the same failing sagas at the head of every batch.
- */
-typedef struct SweepCursor
-{
-	TimestampTz deadline;
-	pg_uuid_t	id;
-} SweepCursor;
-
-static SweepCursor sweep_cursor = {DT_NOBEGIN};
-
-/*
- * Sagas whose timeout failed and was reported (the worker's, in
- * TopMemoryContext): each is reported once until it times out; past
- * FAILING_SAGAS_MAX the further ones are not reported.
- */
-#define FAILING_SAGAS_MAX 1024
-static HTAB *failing_sagas = NULL;
-
-/* The caller's identity while we act as the tables' owner. */
-typedef struct SagaIdentity
-{
-	Oid			caller;
-	int			sec_context;
-	int			nestlevel;		/* GUC nest level holding the safe search_path */
-} SagaIdentity;
 
 /*
  * courier_saga_init
@@ -125,7 +90,7 @@ courier_saga_init(void)
 }
 
 /*
- * become_owner / become_caller
+ * saga_become_owner / saga_become_caller
  *		Switch to the saga tables' owner for SPI work, and back.  Like a
  *		SECURITY DEFINER function with SET search_path: our statements run
  *		with the owner's rights, so nothing on the caller's search_path (an
@@ -133,8 +98,8 @@ courier_saga_init(void)
  *		them.  An error pops the nest level and the identity with the
  *		(sub)transaction.
  */
-static void
-become_owner(SagaIdentity *id)
+void
+saga_become_owner(SagaIdentity *id)
 {
 	Oid			owner = saga_owner_role();
 
@@ -145,8 +110,8 @@ become_owner(SagaIdentity *id)
 							 GUC_ACTION_SAVE, true, 0, false);
 }
 
-static void
-become_caller(SagaIdentity *id)
+void
+saga_become_caller(SagaIdentity *id)
 {
 	AtEOXact_GUC(true, id->nestlevel);
 	SetUserIdAndSecContext(id->caller, id->sec_context);
@@ -179,11 +144,11 @@ check_access(SagaDef *def, Oid caller)
 }
 
 /*
- * uuid_text
+ * saga_uuid_text
  *		A uuid for messages.
  */
-static char *
-uuid_text(pg_uuid_t *id)
+char *
+saga_uuid_text(pg_uuid_t *id)
 {
 	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)));
 }
@@ -217,7 +182,7 @@ saga_not_found(pg_uuid_t *id)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_UNDEFINED_OBJECT),
-			 errmsg("saga %s does not exist", uuid_text(id)),
+			 errmsg("saga %s does not exist", saga_uuid_text(id)),
 			 errhint("Start it with courier.saga_start(); finished sagas may have been purged.")));
 }
 
@@ -252,11 +217,11 @@ step_or_error(SagaInstance *inst, const char *step)
 }
 
 /*
- * make_jsonb
+ * saga_make_jsonb
  *		Parse JSON text built here into jsonb.
  */
-static Datum
-make_jsonb(const char *json)
+Datum
+saga_make_jsonb(const char *json)
 {
 	return DirectFunctionCall1(jsonb_in, CStringGetDatum(json));
 }
@@ -315,7 +280,7 @@ transition(FunctionCallInfo fcinfo, SagaOp op)
 	int			k = -1;
 
 	SPI_connect();
-	become_owner(&who);
+	saga_become_owner(&who);
 	load_or_error(&inst, id, true, true, who.caller);
 	if (step)
 		k = step_or_error(&inst, step);
@@ -335,7 +300,7 @@ transition(FunctionCallInfo fcinfo, SagaOp op)
 			escape_json(&buf, TextDatumGetCString(payload));
 		}
 		appendStringInfoChar(&buf, '}');
-		inst.error = make_jsonb(buf.data);
+		inst.error = saga_make_jsonb(buf.data);
 	}
 
 	saga_apply(&inst, op, k, GetCurrentTimestamp());
@@ -346,7 +311,7 @@ transition(FunctionCallInfo fcinfo, SagaOp op)
 		saga_send_command(&inst);
 	}
 	next = saga_next_action(&inst);
-	become_caller(&who);
+	saga_become_caller(&who);
 	SPI_finish();
 	return next_tuple(fcinfo, inst.def, next);
 }
@@ -401,10 +366,10 @@ courier_saga_next(PG_FUNCTION_ARGS)
 	SagaNext	next;
 
 	SPI_connect();
-	become_owner(&who);
+	saga_become_owner(&who);
 	load_or_error(&inst, id, false, false, who.caller);
 	next = saga_next_action(&inst);
-	become_caller(&who);
+	saga_become_caller(&who);
 	SPI_finish();
 	return next_tuple(fcinfo, inst.def, next);
 }
@@ -419,14 +384,14 @@ Datum
 courier_saga_start(PG_FUNCTION_ARGS)
 {
 	char	   *saga_type = arg_text(fcinfo, 0, "saga_type");
-	Datum		data = PG_ARGISNULL(1) ? make_jsonb("{}") : PG_GETARG_DATUM(1);
+	Datum		data = PG_ARGISNULL(1) ? saga_make_jsonb("{}") : PG_GETARG_DATUM(1);
 	pg_uuid_t  *id = arg_uuid(fcinfo, 2);
 	SagaInstance inst;
 	SagaIdentity who;
 	int32		version;
 
 	SPI_connect();
-	become_owner(&who);
+	saga_become_owner(&who);
 	version = saga_latest_version(saga_type);
 	if (version == 0)
 		type_not_found(saga_type);
@@ -448,10 +413,10 @@ courier_saga_start(PG_FUNCTION_ARGS)
 			!has_privs_of_role(who.caller, inst.def->owner))
 			ereport(ERROR,
 					(errcode(ERRCODE_DUPLICATE_OBJECT),
-					 errmsg("saga %s already exists with another saga type", uuid_text(id)),
+					 errmsg("saga %s already exists with another saga type", saga_uuid_text(id)),
 					 errhint("Saga ids are unique in the database: start this saga with a new id.")));
 	}
-	become_caller(&who);
+	saga_become_caller(&who);
 	SPI_finish();
 	PG_RETURN_UUID_P(id);
 }
@@ -507,7 +472,7 @@ courier_saga_define(PG_FUNCTION_ARGS)
 	steps = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	args[1] = steps;
 
-	become_owner(&who);
+	saga_become_owner(&who);
 	owner = who.caller;
 	if (OidIsValid(outbox))
 	{
@@ -547,7 +512,7 @@ courier_saga_define(PG_FUNCTION_ARGS)
 					 errhint("Saga type names are unique in the database: choose another name.")));
 		if (DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull)))
 		{
-			become_caller(&who);
+			saga_become_caller(&who);
 			SPI_finish();
 			PG_RETURN_INT32(version);
 		}
@@ -564,7 +529,7 @@ courier_saga_define(PG_FUNCTION_ARGS)
 							  (char[]) {' ', ' ', ' ', ' ', OidIsValid(outbox) ? ' ' : 'n'},
 							  false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "pg_courier: inserting saga type failed");
-	become_caller(&who);
+	saga_become_caller(&who);
 	SPI_finish();
 	PG_RETURN_INT32(version);
 }
@@ -587,7 +552,7 @@ courier_saga_purge(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("older_than must not be NULL")));
 	SPI_connect();
-	become_owner(&who);
+	saga_become_owner(&who);
 	args[0] = PG_GETARG_DATUM(0);
 	args[1] = ObjectIdGetDatum(who.caller);
 	if (SPI_execute_with_args("DELETE FROM courier.saga_instances i USING courier.saga_types t"
@@ -599,7 +564,7 @@ courier_saga_purge(PG_FUNCTION_ARGS)
 							  2, types, args, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "pg_courier: purging sagas failed");
 	n = SPI_processed;
-	become_caller(&who);
+	saga_become_caller(&who);
 	SPI_finish();
 	PG_RETURN_INT64((int64) n);
 }
@@ -615,197 +580,4 @@ courier_saga_stuck_after(PG_FUNCTION_ARGS)
 
 	iv->time = (int64) saga_stuck_after_s * USECS_PER_SEC;
 	PG_RETURN_INTERVAL_P(iv);
-}
-
-/*
- * first_failure
- *		Remember that saga id could not be timed out; true the first time
- *		(report it), false while it keeps failing.
- */
-static bool
-first_failure(pg_uuid_t *id)
-{
-	bool		found;
-
-	if (failing_sagas == NULL)
-	{
-		HASHCTL		ctl;
-
-		ctl.keysize = ctl.entrysize = sizeof(pg_uuid_t);
-		ctl.hcxt = TopMemoryContext;
-		failing_sagas = hash_create("pg_courier failing sagas", 64, &ctl,
-									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	}
-	if (hash_get_num_entries(failing_sagas) >= FAILING_SAGAS_MAX)
-		return false;			/* that many are reported already */
-	hash_search(failing_sagas, id, HASH_ENTER, &found);
-	return !found;
-}
-
-/*
- * time_out_one
- *		Fail the running step of one saga (locked by the sweep) if it is
- *		still past its deadline, in a subtransaction: a saga that cannot be
- *		failed (say its outbox was dropped) is reported and skipped instead
- *		of stopping the sweep.
- */
-static bool
-time_out_one(pg_uuid_t *id, TimestampTz now)
-{
-	MemoryContext oldcontext = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	volatile bool done = false;
-
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcontext);
-	PG_TRY();
-	{
-		SagaInstance inst;
-
-		if (saga_load(&inst, id, true, true) && inst.status == SAGA_RUNNING && inst.current >= 0 &&
-			inst.states[inst.current] == STEP_RUNNING && inst.has_deadline && inst.deadline <= now)
-		{
-			char		json[128];
-
-			snprintf(json, sizeof(json), "{\"reason\": \"timeout\", \"timeout_ms\": " INT64_FORMAT "}",
-					 inst.def->steps[inst.current].timeout_ms);
-			inst.error = make_jsonb(json);
-			saga_apply(&inst, SAGA_OP_TIMEOUT, inst.current, now);
-			if (inst.changed)
-			{
-				saga_store(&inst, (Datum) 0, (Datum) 0, false);
-				saga_send_command(&inst);
-				done = true;
-			}
-		}
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcontext);
-		CurrentResourceOwner = oldowner;
-		if (failing_sagas)
-			hash_search(failing_sagas, id, HASH_REMOVE, NULL);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcontext);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcontext);
-		CurrentResourceOwner = oldowner;
-		if (first_failure(id))
-			ereport(WARNING,
-					(errmsg("pg_courier: could not time out a step of saga %s: %s", uuid_text(id), edata->message),
-					 errdetail("The sweep goes on with the other sagas and tries this one again at every sweep; it is reported again only after it timed out.")));
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
-	return done;
-}
-
-/*
- * sweep
- *		Fail the steps that are past their deadline, looking at most at
- *		SWEEP_BATCH sagas after *cursor (which it advances); returns how many
- *		it looked at and adds the number of steps it failed to *timed_out.
- *		Rows being driven right now are skipped (SKIP LOCKED): they are
- *		either finishing the step or will be seen by the next sweep.
- */
-static uint64
-sweep(TimestampTz now, uint64 *timed_out, SweepCursor *cursor)
-{
-	Datum		args[4];
-	pg_uuid_t  *ids;
-	uint64		n;
-
-	SPI_connect();
-	if (plan_sweep == NULL)
-	{
-		Oid			types[4] = {TIMESTAMPTZOID, INT8OID, TIMESTAMPTZOID, UUIDOID};
-
-		plan_sweep = SPI_prepare(psprintf("SELECT saga_id, deadline FROM %s.saga_instances"
-										  " WHERE deadline OPERATOR(pg_catalog.<=) $1"
-										  "   AND (deadline OPERATOR(pg_catalog.>) $3"
-										  "     OR (deadline OPERATOR(pg_catalog.=) $3"
-										  "       AND saga_id OPERATOR(pg_catalog.>) $4))"
-										  " ORDER BY deadline, saga_id LIMIT $2 FOR UPDATE SKIP LOCKED",
-										  courier_schema_name()), 4, types);
-		if (plan_sweep == NULL)
-			elog(ERROR, "pg_courier: could not prepare the saga sweep");
-		SPI_keepplan(plan_sweep);
-	}
-	args[0] = TimestampTzGetDatum(now);
-	args[1] = Int64GetDatum(SWEEP_BATCH);
-	args[2] = TimestampTzGetDatum(cursor->deadline);
-	args[3] = UUIDPGetDatum(&cursor->id);
-	if (SPI_execute_plan(plan_sweep, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "pg_courier: saga sweep failed");
-
-	n = SPI_processed;
-	ids = palloc(sizeof(pg_uuid_t) * Max(n, 1));
-	for (uint64 i = 0; i < n; i++)
-	{
-		bool		isnull;
-
-		ids[i] = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-		if (i == n - 1)
-		{
-			cursor->deadline = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[i],
-																 SPI_tuptable->tupdesc, 2, &isnull));
-			cursor->id = ids[i];
-		}
-	}
-	for (uint64 i = 0; i < n; i++)
-		if (time_out_one(&ids[i], now))
-			(*timed_out)++;
-	SPI_finish();
-	return n;
-}
-
-/*
- * courier_saga_enforce_timeouts
- *		courier.saga_enforce_timeouts() RETURNS bigint: run the timeout sweep
- *		now, in the caller's transaction (for servers without the worker, and
- *		for tests).  Loops until nothing more is due.
- */
-Datum
-courier_saga_enforce_timeouts(PG_FUNCTION_ARGS)
-{
-	TimestampTz now = GetCurrentTimestamp();
-	SagaIdentity who;
-	uint64		total = 0;
-	uint64		n;
-	SweepCursor cursor = {DT_NOBEGIN};
-
-	become_owner(&who);
-	do
-	{
-		n = sweep(now, &total, &cursor);
-	} while (n == SWEEP_BATCH);
-	become_caller(&who);
-	PG_RETURN_INT64((int64) total);
-}
-
-/*
- * courier_saga_maintenance
- *		Called by the database worker about once a second, in a transaction:
- *		when courier.saga_timeout_interval has elapsed, fail the steps that
- *		are past their deadline (which starts their retry or compensation).
- *		Cheap when nothing is due: one probe of the partial deadline index.
- */
-void
-courier_saga_maintenance(void)
-{
-	TimestampTz now = GetCurrentTimestamp();
-	uint64		timed_out = 0;
-
-	if (saga_timeout_interval_ms <= 0 ||
-		!TimestampDifferenceExceeds(last_sweep, now, saga_timeout_interval_ms))
-		return;
-	last_sweep = now;
-	if (sweep(now, &timed_out, &sweep_cursor) == SWEEP_BATCH)
-		last_sweep = 0;			/* more may be due: go on next time */
-	else
-		sweep_cursor.deadline = DT_NOBEGIN; /* done: the next sweep starts over */
 }

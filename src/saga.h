@@ -140,6 +140,20 @@ extern int	saga_step_index(const SagaDef *def, const char *name);
 
 /* saga_catalog.c */
 extern void saga_catalog_init(void);
+
+/* saga.c: the caller's identity while we act as the saga tables' owner */
+typedef struct SagaIdentity
+{
+	Oid			caller;
+	int			sec_context;
+	int			nestlevel;		/* GUC nest level holding the safe search_path */
+} SagaIdentity;
+
+extern PGDLLIMPORT int saga_timeout_interval_ms;
+extern void saga_become_owner(SagaIdentity *id);
+extern void saga_become_caller(SagaIdentity *id);
+extern Datum saga_make_jsonb(const char *json);
+extern char *saga_uuid_text(pg_uuid_t *id);
 extern Oid	saga_owner_role(void);
 extern SagaDef *saga_def_lookup(const char *saga_type, int32 version);
 extern int32 saga_latest_version(const char *saga_type);
