@@ -236,7 +236,7 @@ courier_refresh_outboxes(List **outboxes)
 		ob->retry_max_ms = DatumGetInt32(SPI_getbinval(tup, desc, 14, &isnull));
 		ob->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 15, &isnull));
 		ob->block_on_dead = DatumGetBool(SPI_getbinval(tup, desc, 16, &isnull));
-		if (ob->fetch_plan && ob->plans_block != ob->block_on_dead)
+		if (ob->fetch_plans[1] && ob->plans_block != ob->block_on_dead)
 			courier_free_plans(ob);
 		if (!DatumGetBool(SPI_getbinval(tup, desc, 17, &isnull)) && ob->tls_verify)
 			ereport(WARNING,
@@ -247,7 +247,7 @@ courier_refresh_outboxes(List **outboxes)
 		ob->breaker = courier_breaker_for(courier_endpoint_identity(ob->endpoint));
 		ob->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 19, &isnull));
 		ob->retain = DatumGetBool(SPI_getbinval(tup, desc, 20, &isnull));
-		if (ob->fetch_plan && ob->plans_retain != ob->retain)
+		if (ob->fetch_plans[1] && ob->plans_retain != ob->retain)
 			courier_free_plans(ob);
 		ob->kafka_binary = DatumGetBool(SPI_getbinval(tup, desc, 21, &isnull));
 		set_cluster_option(ob, SPI_getvalue(tup, desc, 22));

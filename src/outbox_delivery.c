@@ -23,10 +23,10 @@
  *
  * Reading ahead.  Rows parked behind busy keys are read twice (fresh, then
  * by id), so once the parked rows would fill the whole in-flight budget
- * the fresh read pauses (READ_AHEAD_PAUSE_MS): hot keys then drain from
- * their queues instead of the read running ever further ahead.  The pause
- * is short because the parked rows may all wait behind a failed key while
- * other keys' rows lie past the cursor.
+ * the fresh read pauses: hot keys then drain from their queues instead of
+ * the read running ever further ahead.  Every READ_AHEAD_PAUSE_MS it still
+ * reads one batch, because the parked rows may all wait behind a failed
+ * key while other keys' rows lie past the cursor.
  *
  * First request early.  A read materializes its rows before any of them is
  * sent, so the first read after the outbox was caught up takes one batch
@@ -74,7 +74,7 @@
 #define DISPATCH_LANES		4
 /* rows one read may return */
 #define MAX_READ_ROWS		100000
-/* with this many rows parked per batch of the in-flight budget, read ahead only this often */
+/* once parked rows fill the in-flight budget, read ahead (one batch) only this often */
 #define READ_AHEAD_PAUSE_MS	100
 
 /*
@@ -392,6 +392,7 @@ typedef struct DispatchPass
 	int			started;		/* rows put into requests */
 	HTAB	   *held_keys;		/* keys held back in this pass */
 	HTAB	   *run_keys;		/* key hash -> the request of this pass carrying its rows */
+	bool		failed_rows;	/* the outbox holds failed rows (in this round's snapshot) */
 	int64		first_held;		/* the cursor must stay below this */
 	List	   *unsendable;		/* rows that can never be sent (UnsendableRow) */
 	int64		last_unsendable;	/* id of the last row added to it */
@@ -624,7 +625,7 @@ take_parked(DispatchPass *dp, int limit)
 		d[i] = Int64GetDatum(ids[i]);
 	args[0] = PointerGetDatum(construct_array(d, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
 	args[1] = CStringGetTextDatum(ob->default_topic);
-	if (courier_owner_execute_plan(ob->owner, ob->ids_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+	if (courier_owner_execute_plan(ob->owner, ob->ids_plans[dp->failed_rows], args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "pg_courier: could not read outbox %s", ob->qname);
 	returned = SPI_processed;
 	rows = SPI_tuptable;
@@ -676,17 +677,14 @@ next_retry_at(OutboxState *ob)
 }
 
 /*
- * read_ahead_wanted
- *		Should this pass read fresh rows?  Not while the rows parked behind
- *		busy keys would fill the in-flight budget, except now and then.
+ * parked_fill_budget
+ *		Would the rows parked behind busy keys fill the in-flight budget?
+ *		Then reading further ahead only parks more (see "Reading ahead").
  */
 static bool
-read_ahead_wanted(const OutboxState *ob, TimestampTz now)
+parked_fill_budget(const OutboxState *ob)
 {
-	int64		budget_rows = (int64) (OB_BATCHED(ob) ? OB_BATCH(ob) : 1) * OB_INFLIGHT(ob);
-
-	return ob->nparked < budget_rows ||
-		TimestampDifferenceExceeds(ob->last_read, now, READ_AHEAD_PAUSE_MS);
+	return ob->nparked >= (int64) (OB_BATCHED(ob) ? OB_BATCH(ob) : 1) * OB_INFLIGHT(ob);
 }
 
 /*
@@ -729,8 +727,11 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	TimestampTz now = GetCurrentTimestamp();
 	ListCell   *lc;
 	int			admitted;
-	int			limit;
-	bool		small;
+	int			per_request;	/* rows per request */
+	int			limit;			/* rows the parked and retry reads may take */
+	int			fresh_limit;	/* rows the fresh read may take */
+	bool		ahead;			/* parked rows fill the budget already */
+	bool		small;			/* the fresh read takes one request's worth */
 	int64		last;
 	int64		cursor_before = ob->cursor;
 	uint64		n = 0;
@@ -750,7 +751,7 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 		courier_free_plans(ob);
 		ob->plans_stale = false;
 	}
-	if (ob->delivery.failing || ob->fetch_plan == NULL)
+	if (ob->delivery.failing || ob->fetch_plans[1] == NULL)
 		courier_probe_statements(ob);
 	dp.budget = OB_INFLIGHT(ob) - ob->inflight;
 	if (!ob->enabled || dp.budget <= 0)
@@ -793,14 +794,17 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 			courier_counters_record(ob->counters, 0, 0, nnull, "id is NULL or not positive");
 	}
 	last = ob->cursor;
+	dp.failed_rows = courier_has_failed_rows(ob);
 
 	/*
 	 * Once caught up, a batched outbox reads one batch first: it leaves
 	 * before the rest is read.  A full read means more: then the budget.
 	 */
-	small = OB_BATCHED(ob) && !dp.probe && ob->caught_up;
-	limit = (OB_BATCHED(ob) && !dp.probe ? OB_BATCH(ob) : 1) * (small ? 1 : dp.budget);
-	limit = Min(limit, MAX_READ_ROWS);
+	per_request = OB_BATCHED(ob) && !dp.probe ? OB_BATCH(ob) : 1;
+	limit = Min(per_request * dp.budget, MAX_READ_ROWS);
+	ahead = parked_fill_budget(ob);
+	small = OB_BATCHED(ob) && !dp.probe && (ob->caught_up || ahead);
+	fresh_limit = small ? per_request : limit;
 	args[1] = Int32GetDatum(limit);
 	args[2] = CStringGetTextDatum(ob->default_topic);
 
@@ -816,13 +820,14 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 		else
 			ob->retry_at = next_retry_at(ob);
 	}
-	if (!dp.stopped && read_ahead_wanted(ob, now))
+	if (!dp.stopped && (!ahead || TimestampDifferenceExceeds(ob->last_read, now, READ_AHEAD_PAUSE_MS)))
 	{
 		args[0] = Int64GetDatum(ob->cursor);
-		n = take_rows(&dp, ob->fetch_plan, args, &last);
+		args[1] = Int32GetDatum(fresh_limit);
+		n = take_rows(&dp, ob->fetch_plans[dp.failed_rows], args, &last);
 		if (n > 0)
 			ob->last_fresh_rows = now;
-		ob->caught_up = (n < (uint64) limit);
+		ob->caught_up = (n < (uint64) fresh_limit);
 		ob->seen_commits = ob->commits;
 		ob->last_read = now;
 	}
@@ -847,8 +852,8 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	 * More waiting: only when this pass got somewhere (rows held behind open
 	 * transactions come back when those commit: their commits count).
 	 */
-	ob->more = ((dp.stopped || n == (uint64) limit) && (dp.started > 0 || ob->cursor > cursor_before)) ||
-		ob->nready > 0 || (small && n == (uint64) limit);
+	ob->more = ((dp.stopped || n == (uint64) fresh_limit) && (dp.started > 0 || ob->cursor > cursor_before)) ||
+		ob->nready > 0 || (small && !ahead && n == (uint64) fresh_limit);
 	return ob->more;
 }
 

@@ -20,10 +20,13 @@
 #include "postgres.h"
 
 #include "access/detoast.h"
+#include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
+#include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/json.h"
+#include "utils/jsonb.h"
 #include "utils/uuid.h"
 
 #include "pg_courier.h"
@@ -86,6 +89,32 @@ text_problem(const char *value, const char *column, bool required, size_t limit)
 }
 
 /*
+ * column_text
+ *		Column col of a read's row as text, NULL for NULL: text and jsonb
+ *		directly (once per row sent, so worth it), other types through
+ *		their output function.
+ */
+static char *
+column_text(HeapTuple tup, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+	Oid			type = SPI_gettypeid(desc, col);
+
+	if (isnull)
+		return NULL;
+	if (type == TEXTOID)
+		return TextDatumGetCString(d);
+	if (type == JSONBOID)
+	{
+		Jsonb	   *jb = DatumGetJsonbP(d);
+
+		return JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+	}
+	return SPI_getvalue(tup, desc, col);
+}
+
+/*
  * courier_decode_row
  *		Decode what deciding about one row of an outbox read needs (columns
  *		as listed by outbox_statements.c, types checked by
@@ -109,8 +138,8 @@ courier_decode_row(HeapTuple tup, TupleDesc desc, OutboxRow *r)
 	r->attempts = isnull ? 0 : Min(Max(DatumGetInt32(d), 0), PG_INT32_MAX - 1);
 	d = SPI_getbinval(tup, desc, 9, &isnull);
 	r->blocked = !isnull && DatumGetBool(d);
-	r->topic = SPI_getvalue(tup, desc, 3);
-	r->key = SPI_getvalue(tup, desc, 4);
+	r->topic = column_text(tup, desc, 3);
+	r->key = column_text(tup, desc, 4);
 }
 
 /*
@@ -170,8 +199,8 @@ courier_decode_rest(const OutboxState *ob, OutboxRow *r)
 		r->unsendable = "headers is not a JSON object";
 		return;
 	}
-	r->payload = SPI_getvalue(tup, desc, 5);
-	r->headers = SPI_getvalue(tup, desc, 6);
+	r->payload = column_text(tup, desc, 5);
+	r->headers = column_text(tup, desc, 6);
 	d = SPI_getbinval(tup, desc, 7, &isnull);
 	r->time = isnull ? NULL : rfc3339_time(DatumGetTimestampTz(d));
 }

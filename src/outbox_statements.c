@@ -55,10 +55,13 @@
  *		expects: the row's values (headers as filtered "Name: value" lines,
  *		and whether they are an object at all), and whether an earlier row
  *		of its key failed and still waits (or, with on_dead_letter = 'block',
- *		went to the dead letters): such a row must wait behind it.
+ *		went to the dead letters): such a row must wait behind it.  Without
+ *		failed_rows, the read is for a snapshot in which no row has failed
+ *		(the worker checked, see courier_has_failed_rows): it saves a look
+ *		into the index of failed rows per row.
  */
 static void
-append_select(StringInfo sql, const OutboxState *ob, const char *topic_param)
+append_select(StringInfo sql, const OutboxState *ob, const char *topic_param, bool failed_rows)
 {
 	appendStringInfo(sql,
 					 "SELECT o.id, o.event_id, COALESCE(o.topic::pg_catalog.text, %s), o.key, o.payload, "
@@ -73,11 +76,16 @@ append_select(StringInfo sql, const OutboxState *ob, const char *topic_param)
 					 "                connection,expect,user-agent}'::pg_catalog.text[])) "
 					 /* (CloudEvents attributes come from the body; signatures are ours) */
 					 "        AND NOT (pg_catalog.lower(h.k) OPERATOR(pg_catalog.~) '^(ce|webhook)-')) END, "
-					 "  o.created_at, o.attempts, "
-					 "  o.key IS NOT NULL AND (EXISTS (SELECT 1 FROM %s f "
-					 "       WHERE f.attempts OPERATOR(pg_catalog.>) 0 AND f.key OPERATOR(pg_catalog.=) o.key "
-					 "         AND f.id OPERATOR(pg_catalog.<) o.id)",
-					 topic_param, ob->qname);
+					 "  o.created_at, o.attempts, o.key IS NOT NULL AND (",
+					 topic_param);
+	if (failed_rows)
+		appendStringInfo(sql,
+						 "EXISTS (SELECT 1 FROM %s f "
+						 "       WHERE f.attempts OPERATOR(pg_catalog.>) 0 AND f.key OPERATOR(pg_catalog.=) o.key "
+						 "         AND f.id OPERATOR(pg_catalog.<) o.id)",
+						 ob->qname);
+	else
+		appendStringInfoString(sql, "false");
 	if (ob->block_on_dead)
 		appendStringInfo(sql,
 						 " OR EXISTS (SELECT 1 FROM %s d "
@@ -109,25 +117,32 @@ make_reads(OutboxState *ob, StringInfo sql)
 	Oid			fetch_types[3] = {INT8OID, INT4OID, TEXTOID};
 	Oid			ids_types[2] = {INT8ARRAYOID, TEXTOID};
 
-	/* fresh rows, from the cursor on */
-	resetStringInfo(sql);
-	append_select(sql, ob, "$3");
-	appendStringInfoString(sql, "WHERE o.id OPERATOR(pg_catalog.>) $1 AND " READY " ORDER BY o.id LIMIT $2");
-	ob->fetch_plan = SPI_prepare(sql->data, 3, fetch_types);
+	for (int failed = 0; failed <= 1; failed++)
+	{
+		/* fresh rows, from the cursor on */
+		resetStringInfo(sql);
+		append_select(sql, ob, "$3", failed);
+		appendStringInfoString(sql, "WHERE o.id OPERATOR(pg_catalog.>) $1 AND " READY " ORDER BY o.id LIMIT $2");
+		ob->fetch_plans[failed] = SPI_prepare(sql->data, 3, fetch_types);
+		/* parked rows, by id */
+		resetStringInfo(sql);
+		append_select(sql, ob, "$2", failed);
+		appendStringInfoString(sql, "WHERE o.id OPERATOR(pg_catalog.=) ANY ($1) AND " READY " ORDER BY o.id");
+		ob->ids_plans[failed] = SPI_prepare(sql->data, 2, ids_types);
+	}
 	/* failed rows whose retry is due (through the small partial index on failed rows) */
 	resetStringInfo(sql);
-	append_select(sql, ob, "$3");
+	append_select(sql, ob, "$3", true);
 	appendStringInfoString(sql, "WHERE o.attempts OPERATOR(pg_catalog.>) 0 "
 						   "AND (o.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp() "
 						   "     OR NOT pg_catalog.isfinite(o.next_attempt_at)) "
 						   "AND o.id OPERATOR(pg_catalog.>) $1 ORDER BY o.id LIMIT $2");
 	ob->retry_plan = SPI_prepare(sql->data, 3, fetch_types);
-	/* parked rows, by id */
-	resetStringInfo(sql);
-	append_select(sql, ob, "$2");
-	appendStringInfoString(sql, "WHERE o.id OPERATOR(pg_catalog.=) ANY ($1) AND " READY " ORDER BY o.id");
-	ob->ids_plan = SPI_prepare(sql->data, 2, ids_types);
 	ob->plans_block = ob->block_on_dead;
+	/* is there a failed row at all? */
+	resetStringInfo(sql);
+	appendStringInfo(sql, "SELECT 1 FROM %s o WHERE o.attempts OPERATOR(pg_catalog.>) 0 LIMIT 1", ob->qname);
+	ob->failed_plan = SPI_prepare(sql->data, 0, NULL);
 	/* the next failed row to come due (rows already due are being retried) */
 	resetStringInfo(sql);
 	appendStringInfo(sql, "SELECT pg_catalog.min(o.next_attempt_at) FROM %s o "
@@ -135,6 +150,21 @@ make_reads(OutboxState *ob, StringInfo sql)
 					 "AND o.next_attempt_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() "
 					 "AND pg_catalog.isfinite(o.next_attempt_at)", ob->qname);
 	ob->next_retry_plan = SPI_prepare(sql->data, 0, NULL);
+}
+
+/*
+ * courier_has_failed_rows
+ *		Does the outbox hold a row that failed (attempts > 0), in the
+ *		round's snapshot?  When not, the reads of this round may use the
+ *		plans that do not look for earlier failed rows of each row's key.
+ *		(One probe of the small partial index on failed rows.)
+ */
+bool
+courier_has_failed_rows(OutboxState *ob)
+{
+	if (courier_owner_execute_plan(ob->owner, ob->failed_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "pg_courier: could not read outbox %s", ob->qname);
+	return SPI_processed > 0;
 }
 
 /*
@@ -233,6 +263,19 @@ make_writes(OutboxState *ob, StringInfo sql)
 	ob->null_id_plan = SPI_prepare(sql->data, 1, null_id_types);
 }
 
+/* the prepared statements of an outbox */
+#define NPLANS 11
+
+static void
+plan_slots(OutboxState *ob, SPIPlanPtr **plans)
+{
+	SPIPlanPtr *all[NPLANS] = {&ob->fetch_plans[0], &ob->fetch_plans[1], &ob->retry_plan,
+		&ob->ids_plans[0], &ob->ids_plans[1], &ob->failed_plan, &ob->next_retry_plan,
+	&ob->delete_plan, &ob->fail_plan, &ob->dead_plan, &ob->null_id_plan};
+
+	memcpy(plans, all, sizeof(all));
+}
+
 /*
  * courier_make_plans
  *		Prepare the statements the worker runs against one outbox.  An
@@ -244,9 +287,9 @@ courier_make_plans(OutboxState *ob)
 {
 	StringInfoData sql;
 	MemoryContext old = MemoryContextSwitchTo(ob->cxt);
-	SPIPlanPtr *plans[] = {&ob->fetch_plan, &ob->retry_plan, &ob->ids_plan, &ob->next_retry_plan,
-	&ob->delete_plan, &ob->fail_plan, &ob->dead_plan, &ob->null_id_plan};
+	SPIPlanPtr *plans[NPLANS];
 
+	plan_slots(ob, plans);
 	initStringInfo(&sql);
 	make_reads(ob, &sql);
 	make_writes(ob, &sql);
@@ -274,9 +317,9 @@ courier_make_plans(OutboxState *ob)
 void
 courier_free_plans(OutboxState *ob)
 {
-	SPIPlanPtr *plans[] = {&ob->fetch_plan, &ob->retry_plan, &ob->ids_plan, &ob->next_retry_plan,
-	&ob->delete_plan, &ob->fail_plan, &ob->dead_plan, &ob->null_id_plan};
+	SPIPlanPtr *plans[NPLANS];
 
+	plan_slots(ob, plans);
 	for (int i = 0; i < lengthof(plans); i++)
 	{
 		if (*plans[i])
@@ -330,12 +373,12 @@ courier_probe_statements(OutboxState *ob)
 {
 	Datum		args[3];
 
-	if (ob->fetch_plan == NULL)
+	if (ob->fetch_plans[1] == NULL)
 		courier_make_plans(ob);
 	args[0] = Int64GetDatum(0);
 	args[1] = Int32GetDatum(0);
 	args[2] = CStringGetTextDatum(ob->default_topic);
-	if (SPI_execute_plan(ob->fetch_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(ob->fetch_plans[1], args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "pg_courier: could not read outbox %s", ob->qname);
 	courier_check_row_shape(ob, SPI_tuptable->tupdesc);
 }

@@ -158,9 +158,10 @@ typedef struct OutboxState
 	bool		caught_up;		/* the last fresh read found fewer rows than it asked for */
 	bool		wanted;			/* read in this round (decided before its snapshot) */
 	List	   *open;			/* requests being filled by the current dispatch */
-	SPIPlanPtr	fetch_plan;
+	SPIPlanPtr	fetch_plans[2];	/* [1]: looks for earlier failed rows of each row's key; [0]: not */
 	SPIPlanPtr	retry_plan;
-	SPIPlanPtr	ids_plan;
+	SPIPlanPtr	ids_plans[2];	/* (as fetch_plans) */
+	SPIPlanPtr	failed_plan;	/* is there a failed row at all? */
 	SPIPlanPtr	next_retry_plan;
 	SPIPlanPtr	delete_plan;
 	SPIPlanPtr	fail_plan;
@@ -256,6 +257,7 @@ extern void courier_make_plans(OutboxState *ob);
 extern void courier_free_plans(OutboxState *ob);
 extern void courier_check_row_shape(const OutboxState *ob, TupleDesc desc);
 extern void courier_probe_statements(OutboxState *ob);
+extern bool courier_has_failed_rows(OutboxState *ob);
 extern uint64 courier_dead_letter_null_ids(OutboxState *ob);
 extern bool courier_purge_orphaned_delivered(void);
 extern bool courier_purge_delivered_of(const OutboxState *ob);
