@@ -54,6 +54,7 @@ typedef struct Outcome
 	const char *first_error;
 	bool		refused;		/* the endpoint refused our credentials: a breaker failure */
 	int			failed_requests;	/* failures without rows (v3 cluster discovery) */
+	HTAB	   *stopped_keys;	/* keys of the current request whose run stopped at a failure */
 } Outcome;
 
 /*
@@ -135,6 +136,47 @@ retriable_status(long status)
 }
 
 /*
+ * behind_failure
+ *		Row i of d is not written: must it wait for an earlier row of its
+ *		key in d that was not written either?  Then it is 'u'nsent: it goes
+ *		back behind that row, without an attempt counted, and is sent again
+ *		after it, in order.  (A row the endpoint said it wrote is never sent
+ *		again, whatever happened to the rows before it.)
+ */
+static bool
+behind_failure(Outcome *o, const Delivery *d, int i)
+{
+	if (!d->haskey[i] || o->stopped_keys == NULL ||
+		hash_search(o->stopped_keys, &d->keyhashes[i], HASH_FIND, NULL) == NULL)
+		return false;
+	d->result[i] = 'u';
+	return true;
+}
+
+/*
+ * stop_run
+ *		Row i of d failed and its key may not go on past it (it will be
+ *		retried, or it is a dead letter that blocks its key): the key's later
+ *		rows in d that were not written wait behind it.
+ */
+static void
+stop_run(Outcome *o, const Delivery *d, int i)
+{
+	if (!d->haskey[i] || (d->result[i] == 'd' && !d->ob->block_on_dead))
+		return;
+	if (o->stopped_keys == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = ctl.entrysize = sizeof(uint32);
+		ctl.hcxt = CurrentMemoryContext;
+		o->stopped_keys = hash_create("pg_courier stopped keys", 64, &ctl,
+									  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	hash_search(o->stopped_keys, &d->keyhashes[i], HASH_ENTER, NULL);
+}
+
+/*
  * outcome_fail
  *		Row i failed: retry it, or move it to the dead letters when the
  *		failure is permanent or its attempts are used up.
@@ -147,7 +189,10 @@ outcome_fail(Outcome *o, const Delivery *d, int i, long status, const char *erro
 	bool		exhausted = (max > 0 && d->attempts[i] + 1 >= max);
 	RowList    *l = (permanent || exhausted) ? &o->dead : &o->retry;
 
+	if (behind_failure(o, d, i))
+		return;
 	((Delivery *) d)->result[i] = (permanent || exhausted) ? 'd' : 'r';
+	stop_run(o, d, i);
 
 	l->ids[l->n] = Int64GetDatum(d->ids[i]);
 	l->status[l->n] = Int32GetDatum((int32) status);
@@ -185,7 +230,10 @@ outcome_refused(Outcome *o, const Delivery *d, int i, long status, const char *w
 	RowList    *l = &o->retry;
 	char	   *error = psprintf("the endpoint refused our credentials (%s)", what);
 
+	if (behind_failure(o, d, i))
+		return;
 	((Delivery *) d)->result[i] = 'r';
+	stop_run(o, d, i);
 	l->ids[l->n] = Int64GetDatum(d->ids[i]);
 	l->status[l->n] = Int32GetDatum((int32) status);
 	l->error[l->n] = CStringGetTextDatum(error);
@@ -470,9 +518,9 @@ record_outcome(void *arg)
 /*
  * release_delivery
  *		Forget a finished request: its rows and keys are no longer in flight.
- *		A key whose row failed now waits for that row's retry; a key whose
- *		waited-for row went through (or to the dead letters) is free, and its
- *		parked rows may follow.
+ *		A key whose row failed now waits for that row's retry, its unsent
+ *		later rows parked behind it; a key whose waited-for row went through
+ *		(or to the dead letters) is free, and its parked rows may follow.
  */
 static void
 release_delivery(Delivery *d)
@@ -490,6 +538,15 @@ release_delivery(Delivery *d)
 			continue;
 		if (d->result[i] == 'r')
 			courier_block_key(ob, kh, d->ids[i]);
+		else if (d->result[i] == 'u')
+		{
+			/* back in its key's queue, behind the failed row (or read again) */
+			if (!courier_park(ob, kh, d->ids[i]))
+			{
+				ob->rescan = true;
+				ob->rescan_at = 0;
+			}
+		}
 		else if (d->result[i] != 0)
 			courier_unblock_key(ob, kh, d->ids[i]);
 		if (!courier_key_unbusy(ob, kh) && !courier_key_blocked(ob, kh))
@@ -664,6 +721,7 @@ courier_complete(List *finished)
 			o.first_error = NULL;
 			o.refused = false;
 			o.failed_requests = 0;
+			o.stopped_keys = NULL;	/* (runs are per request) */
 			if (courier_split_wanted(d))
 				courier_split_delivery(d);	/* (its rows go on in two halves) */
 			else

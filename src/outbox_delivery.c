@@ -7,11 +7,25 @@
  *
  * Order per key.  Rows are read in id order.  A row is held back when
  *	- an earlier row of its key failed and still waits (the SQL excludes it),
- *	- a row of its key is in flight in another request (busy_keys), or
+ *	- a row of its key is in flight in a request already started (busy_keys),
  *	- a transaction the snapshot cannot see may own an earlier row of its
  *	  key (the registry's holds, see outbox_registry.c),
  * and once a key is held in a read, its later rows in that read are too.
  * Rows without a key are independent.
+ *
+ * Runs of a key.  Several rows of one key may share a request, in id order
+ * (Kafka REST writes a request's records of one partition in order; a
+ * CloudEvents batch is an ordered array): a row whose key is busy only in a
+ * request this pass is still filling joins that request.  Two requests in
+ * flight never carry the same key.  So that a few hot keys still fill
+ * several requests at once, a pass fills up to DISPATCH_LANES requests side
+ * by side and puts each key into the one its hash picks.
+ *
+ * First request early.  A read materializes its rows before any of them is
+ * sent, so the first read after the outbox was caught up takes one batch
+ * and the next rounds take more: a large backlog committed at once starts
+ * moving after one batch's work, not after reading the whole in-flight
+ * budget.
  *
  * Reading.  A cursor remembers the highest id looked at, so a busy outbox
  * is read incrementally.  Rows left behind the cursor (held, or failed and
@@ -49,6 +63,10 @@
 							 Min((ob)->max_request_bytes, courier_max_request_bytes) : courier_max_request_bytes)
 /* room kept in Delivery.extra for the signature headers */
 #define SIGNING_HEADERS		3
+/* requests a dispatch pass fills side by side (keys are spread over them by hash) */
+#define DISPATCH_LANES		4
+/* rows one read may return */
+#define MAX_READ_ROWS		100000
 
 /*
  * new_delivery
@@ -208,7 +226,10 @@ start_delivery(Delivery *d)
 	o.tls_verify = ob->tls_verify;
 	o.ca_file = courier_ca_file;
 	d->req = courier_http_post(&o, d);
+	d->started = true;
 	ob->inflight++;
+	/* put it on the wire now: the endpoint works on it while we prepare the next */
+	(void) courier_http_poll(0);
 }
 
 /*
@@ -229,13 +250,29 @@ too_large_with(const Delivery *d, const OutboxRow *r)
 }
 
 /*
+ * has_room_for
+ *		Can row r go into the open request d?  Kafka requests carry one
+ *		topic; a request stops at batch_size rows and max_request_bytes.
+ */
+static bool
+has_room_for(const Delivery *d, const OutboxRow *r)
+{
+	if (d->started)
+		return false;
+	if (COURIER_FORMAT_IS_KAFKA(d->ob->format) && strcmp(d->topic, r->topic) != 0)
+		return false;
+	return d->nrows < d->maxrows && !too_large_with(d, r);
+}
+
+/*
  * open_delivery_for
- *		The request a row goes into: an open one with room (batched formats,
- *		same topic for Kafka) or a new one if the in-flight budget allows.
- *		Returns NULL when the budget is exhausted.
+ *		The request a row goes into: the open one of its lane (same topic
+ *		for Kafka) if it has room, or a new one if the in-flight budget
+ *		allows; a full one is started on the way.  Returns NULL when the
+ *		budget is exhausted.
  */
 static Delivery *
-open_delivery_for(OutboxState *ob, List **open, const OutboxRow *r, int *budget)
+open_delivery_for(OutboxState *ob, List **open, const OutboxRow *r, int lane, int *budget)
 {
 	ListCell   *lc;
 	Delivery   *d;
@@ -244,9 +281,9 @@ open_delivery_for(OutboxState *ob, List **open, const OutboxRow *r, int *budget)
 	foreach(lc, *open)
 	{
 		d = lfirst(lc);
-		if (kafka && strcmp(d->topic, r->topic) != 0)
+		if (d->lane != lane || (kafka && strcmp(d->topic, r->topic) != 0))
 			continue;
-		if (d->nrows < d->maxrows && !too_large_with(d, r))
+		if (has_room_for(d, r))
 			return d;
 		/* full (events or bytes): send it now and open another below */
 		start_delivery(d);
@@ -257,6 +294,7 @@ open_delivery_for(OutboxState *ob, List **open, const OutboxRow *r, int *budget)
 		return NULL;
 	(*budget)--;
 	d = new_delivery(ob, OB_BATCHED(ob) ? OB_BATCH(ob) : 1, kafka ? r->topic : NULL);
+	d->lane = lane;
 	*open = lappend(*open, d);
 	return d;
 }
@@ -344,6 +382,7 @@ typedef struct DispatchPass
 	bool		stopped;		/* budget exhausted */
 	int			started;		/* rows put into requests */
 	HTAB	   *held_keys;		/* keys held back in this pass */
+	HTAB	   *run_keys;		/* key hash -> the request of this pass carrying its rows */
 	int64		first_held;		/* the cursor must stay below this */
 	List	   *unsendable;		/* rows that can never be sent (UnsendableRow) */
 	int64		last_unsendable;	/* id of the last row added to it */
@@ -369,9 +408,66 @@ hold_row(DispatchPass *dp, int64 id, uint32 keyhash)
 	dp->first_held = Min(dp->first_held, id);
 }
 
+/* run_keys entry */
+typedef struct RunKey
+{
+	uint32		keyhash;		/* hash key */
+	Delivery   *d;
+} RunKey;
+
+/*
+ * note_run
+ *		Row of key keyhash went into d: later rows of the key in this pass
+ *		may follow it there.
+ */
+static void
+note_run(DispatchPass *dp, uint32 keyhash, Delivery *d)
+{
+	RunKey	   *rk;
+
+	if (dp->run_keys == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(uint32);
+		ctl.entrysize = sizeof(RunKey);
+		ctl.hcxt = CurrentMemoryContext;
+		dp->run_keys = hash_create("pg_courier key runs", 256, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	rk = hash_search(dp->run_keys, &keyhash, HASH_ENTER, NULL);
+	rk->d = d;
+}
+
+/*
+ * run_delivery
+ *		A row whose key is busy: the request of this pass that carries the
+ *		key's earlier rows, if the row can still join it (not started, room
+ *		left, same topic); NULL when the row must wait for its key.  A full
+ *		request is started on the way (it would be at the end of the pass).
+ */
+static Delivery *
+run_delivery(DispatchPass *dp, uint32 keyhash, const OutboxRow *r)
+{
+	RunKey	   *rk = dp->run_keys ? hash_search(dp->run_keys, &keyhash, HASH_FIND, NULL) : NULL;
+	Delivery   *d;
+
+	if (rk == NULL || rk->d->started || dp->probe)
+		return NULL;
+	d = rk->d;
+	if (has_room_for(d, r))
+		return d;
+	if (!COURIER_FORMAT_IS_KAFKA(dp->ob->format) || strcmp(d->topic, r->topic) == 0)
+	{
+		dp->ob->open = list_delete_ptr(dp->ob->open, d);
+		start_delivery(d);
+	}
+	return NULL;
+}
+
 /*
  * take_row
- *		Decide about one row read in id order: send it, park it behind its
+ *		Decide about one row read in id order: send it (alone, or after the
+ *		earlier rows of its key in the same request), park it behind its
  *		key, or hold it for a later read.  Returns false when the in-flight
  *		budget is exhausted (the row was not taken).
  */
@@ -380,7 +476,9 @@ take_row(DispatchPass *dp, OutboxRow *r)
 {
 	OutboxState *ob = dp->ob;
 	uint32		keyhash = 0;
-	Delivery   *d;
+	Delivery   *d = NULL;
+	bool		waits;
+	bool		busy;
 
 	if (hash_search(ob->inflight_ids, &r->id, HASH_FIND, NULL))
 		return true;
@@ -397,9 +495,17 @@ take_row(DispatchPass *dp, OutboxRow *r)
 		/* a failed row that is not behind another failure heads its key's queue */
 		if (r->attempts > 0 && !r->blocked)
 			courier_block_key(ob, keyhash, r->id);
-		if (r->blocked || courier_blocked_for(ob, keyhash, r->id) ||
-			hash_search(ob->busy_keys, &keyhash, HASH_FIND, NULL) ||
-			courier_parked_before(ob, keyhash, r->id))
+		waits = r->blocked || courier_blocked_for(ob, keyhash, r->id) ||
+			courier_parked_before(ob, keyhash, r->id);
+		busy = hash_search(ob->busy_keys, &keyhash, HASH_FIND, NULL) != NULL;
+		/* busy in a request of this pass: it may follow its key's rows there */
+		if (!waits && busy)
+		{
+			courier_decode_rest(ob, r);
+			if (r->unsendable == NULL)
+				d = run_delivery(dp, keyhash, r);
+		}
+		if (d == NULL && (waits || busy))
 		{
 			if (r->blocked)
 				courier_block_key(ob, keyhash, 0);
@@ -408,6 +514,7 @@ take_row(DispatchPass *dp, OutboxRow *r)
 			return true;
 		}
 	}
+	courier_decode_rest(ob, r);
 	if (r->unsendable)
 	{
 		/* (at the head of its key: it goes to the dead letters in its turn) */
@@ -422,20 +529,28 @@ take_row(DispatchPass *dp, OutboxRow *r)
 			hold_row(dp, r->id, keyhash);
 		return true;
 	}
-	d = open_delivery_for(ob, &ob->open, r, &dp->budget);
 	if (d == NULL)
 	{
-		dp->stopped = true;
-		return false;
-	}
-	if (dp->probe)
-	{
-		/* the probe carries a single event: a failure costs one attempt */
-		d->probe = true;
-		d->maxrows = 1;
+		/* keys spread over the lanes by hash; rows without a key by id */
+		int			lane = (int) ((r->key ? keyhash : (uint32) r->id) % DISPATCH_LANES);
+
+		d = open_delivery_for(ob, &ob->open, r, dp->probe ? 0 : lane, &dp->budget);
+		if (d == NULL)
+		{
+			dp->stopped = true;
+			return false;
+		}
+		if (dp->probe)
+		{
+			/* the probe carries a single event: a failure costs one attempt */
+			d->probe = true;
+			d->maxrows = 1;
+		}
 	}
 	add_row(d, r, keyhash);
 	dp->started++;
+	if (r->key)
+		note_run(dp, keyhash, d);
 	if (!OB_BATCHED(ob))
 	{
 		ob->open = list_delete_ptr(ob->open, d);
@@ -465,7 +580,7 @@ take_rows(DispatchPass *dp, SPIPlanPtr plan, Datum *args, int64 *last)
 	{
 		OutboxRow	r;
 
-		courier_decode_row(rows->vals[i], rows->tupdesc, dp->ob, &r);
+		courier_decode_row(rows->vals[i], rows->tupdesc, &r);
 		if (!take_row(dp, &r))
 			break;
 		*last = r.id;
@@ -475,7 +590,8 @@ take_rows(DispatchPass *dp, SPIPlanPtr plan, Datum *args, int64 *last)
 
 /*
  * take_parked
- *		Fetch the first parked row of every key that became free.  A row
+ *		Fetch the first parked rows of every key that became free (up to a
+ *		batch of each: they may share a request, in order).  A row
  *		that is gone (delivered meanwhile) or not ready (it failed and waits
  *		for its retry, which the retry read will find) is dropped from the
  *		queue; one that could not be taken for lack of budget goes back.
@@ -488,7 +604,8 @@ take_parked(DispatchPass *dp, int limit)
 	uint32	   *keys = palloc(sizeof(uint32) * limit);
 	Datum	   *d = palloc(sizeof(Datum) * limit);
 	Datum		args[2];
-	int			n = courier_take_ready(ob, ids, keys, limit);
+	int			n = courier_take_ready(ob, ids, keys, limit,
+										   OB_BATCHED(ob) && !dp->probe ? OB_BATCH(ob) : 1);
 	uint64		returned;
 	SPITupleTable *rows;
 
@@ -508,7 +625,7 @@ take_parked(DispatchPass *dp, int limit)
 		OutboxRow	r;
 		uint32		keyhash;
 
-		courier_decode_row(rows->vals[i], rows->tupdesc, ob, &r);
+		courier_decode_row(rows->vals[i], rows->tupdesc, &r);
 		if (r.key == NULL)
 		{
 			/* its key was removed meanwhile: it waits for nothing now */
@@ -590,6 +707,7 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	ListCell   *lc;
 	int			admitted;
 	int			limit;
+	bool		small;
 	int64		last;
 	int64		cursor_before = ob->cursor;
 	uint64		n = 0;
@@ -653,7 +771,13 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	}
 	last = ob->cursor;
 
-	limit = Min((OB_BATCHED(ob) && !dp.probe ? OB_BATCH(ob) : 1) * dp.budget, 100000);
+	/*
+	 * Once caught up, a batched outbox reads one batch first: it leaves
+	 * before the rest is read.  A full read means more: then the budget.
+	 */
+	small = OB_BATCHED(ob) && !dp.probe && ob->caught_up;
+	limit = (OB_BATCHED(ob) && !dp.probe ? OB_BATCH(ob) : 1) * (small ? 1 : dp.budget);
+	limit = Min(limit, MAX_READ_ROWS);
 	args[1] = Int32GetDatum(limit);
 	args[2] = CStringGetTextDatum(ob->default_topic);
 
@@ -675,6 +799,7 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 		n = take_rows(&dp, ob->fetch_plan, args, &last);
 		if (n > 0)
 			ob->last_fresh_rows = now;
+		ob->caught_up = (n < (uint64) limit);
 		ob->seen_commits = ob->commits;
 		ob->last_read = now;
 	}
@@ -700,7 +825,7 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	 * transactions come back when those commit: their commits count).
 	 */
 	ob->more = ((dp.stopped || n == (uint64) limit) && (dp.started > 0 || ob->cursor > cursor_before)) ||
-		ob->nready > 0;
+		ob->nready > 0 || (small && n == (uint64) limit);
 	return ob->more;
 }
 

@@ -5,7 +5,8 @@
  *	  in kafka_rest.c and kafka_rest_v3.c), and the judge of outbox rows.
  *
  * Rows come from tables their owners control, with any constraint dropped:
- * courier_decode_row() turns a fetched row into an OutboxRow and judges
+ * courier_decode_row() and courier_decode_rest() turn a fetched row into an
+ * OutboxRow and judge
  * every value on its own (NULLs, infinities, years RFC 3339 cannot write,
  * oversized texts, headers that are not an object), so that the formatters
  * only ever see values they can write.  A row that cannot be sent says why,
@@ -86,21 +87,22 @@ text_problem(const char *value, const char *column, bool required, size_t limit)
 
 /*
  * courier_decode_row
- *		Decode one row of an outbox read (columns as listed by
- *		outbox_statements.c, types checked by courier_check_row_shape) and
- *		judge it.  r->unsendable names the first column that makes the row
- *		unfit to send; the other values are then not all filled in.  A
- *		created_at without an RFC 3339 form is not a reason: the CloudEvents
- *		time attribute is optional and is left out.
+ *		Decode what deciding about one row of an outbox read needs (columns
+ *		as listed by outbox_statements.c, types checked by
+ *		courier_check_row_shape): its id, attempts, whether it waits behind a
+ *		failure, topic and key.  The rest, which only a row about to be sent
+ *		needs, is decoded by courier_decode_rest(): a row parked behind its
+ *		key costs no payload output.
  */
 void
-courier_decode_row(HeapTuple tup, TupleDesc desc, const OutboxState *ob, OutboxRow *r)
+courier_decode_row(HeapTuple tup, TupleDesc desc, OutboxRow *r)
 {
 	bool		isnull;
 	Datum		d;
-	const char *problem;
 
 	memset(r, 0, sizeof(OutboxRow));
+	r->tup = tup;
+	r->desc = desc;
 	d = SPI_getbinval(tup, desc, 1, &isnull);
 	r->id = isnull ? 0 : DatumGetInt64(d);	/* (the reads never return a NULL id) */
 	d = SPI_getbinval(tup, desc, 8, &isnull);
@@ -109,7 +111,28 @@ courier_decode_row(HeapTuple tup, TupleDesc desc, const OutboxState *ob, OutboxR
 	r->blocked = !isnull && DatumGetBool(d);
 	r->topic = SPI_getvalue(tup, desc, 3);
 	r->key = SPI_getvalue(tup, desc, 4);
+}
 
+/*
+ * courier_decode_rest
+ *		Decode the rest of a row read by courier_decode_row, and judge it.
+ *		r->unsendable names the first column that makes the row unfit to
+ *		send; the other values are then not all filled in.  A created_at
+ *		without an RFC 3339 form is not a reason: the CloudEvents time
+ *		attribute is optional and is left out.  Decodes once.
+ */
+void
+courier_decode_rest(const OutboxState *ob, OutboxRow *r)
+{
+	HeapTuple	tup = r->tup;
+	TupleDesc	desc = r->desc;
+	bool		isnull;
+	Datum		d;
+	const char *problem;
+
+	if (r->decoded)
+		return;
+	r->decoded = true;
 	d = SPI_getbinval(tup, desc, 2, &isnull);
 	if (isnull)
 	{

@@ -6,7 +6,7 @@
  * A row cannot be sent while an earlier row of its key is in flight
  * (busy) or waiting for its retry (blocked).  The read cursor moves on;
  * the waiting row is parked here, in its key's queue, in id order.  When
- * the key frees up, its first parked id is fetched again by primary key.
+ * the key frees up, its first parked ids are fetched again by primary key.
  * So a failure or a hot key costs a lookup per waiting row instead of a
  * re-read of the backlog.
  *
@@ -175,11 +175,14 @@ courier_key_ready(OutboxState *ob, uint32 keyhash)
 
 /*
  * courier_take_ready
- *		Pop the first parked id of up to max ready keys, into ids[] and
- *		keys[].  Returns how many.
+ *		Pop the first parked ids (up to per_key of each) of ready keys, in
+ *		key order and id order within a key, into ids[] and keys[]: at most
+ *		max in all.  Several ids of one key may go into one request, in
+ *		order, so a hot key drains in batches rather than one row per round
+ *		trip.  Returns how many.
  */
 int
-courier_take_ready(OutboxState *ob, int64 *ids, uint32 *keys, int max)
+courier_take_ready(OutboxState *ob, int64 *ids, uint32 *keys, int max, int per_key)
 {
 	int			n = 0;
 	int			i;
@@ -187,15 +190,18 @@ courier_take_ready(OutboxState *ob, int64 *ids, uint32 *keys, int max)
 	for (i = 0; i < ob->nready && n < max; i++)
 	{
 		ParkedKey  *p = hash_search(ob->parked, &ob->ready[i], HASH_FIND, NULL);
+		int			take;
 
 		if (p == NULL)
 			continue;
 		p->ready = false;
-		if (p->n == p->head)
-			continue;
-		keys[n] = p->keyhash;
-		ids[n++] = p->ids[p->head++];
-		ob->nparked--;
+		take = Min(Min(p->n - p->head, per_key), max - n);
+		for (int j = 0; j < take; j++)
+		{
+			keys[n] = p->keyhash;
+			ids[n++] = p->ids[p->head++];
+		}
+		ob->nparked -= take;
 		if (p->n == p->head)
 		{
 			pfree(p->ids);

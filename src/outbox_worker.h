@@ -46,7 +46,7 @@ typedef struct BusyKey
 
 /*
  * One outbox row as read for delivery (strings in the fetch's context).
- * Every value comes from a table its owner controls: courier_decode_row()
+ * Every value comes from a table its owner controls: courier_decode_rest()
  * checks each one and says in unsendable why a row cannot be sent.
  */
 typedef struct OutboxRow
@@ -61,6 +61,9 @@ typedef struct OutboxRow
 	int			attempts;		/* clamped to 0 .. INT_MAX - 1 */
 	bool		blocked;		/* an earlier row of its key failed and waits */
 	const char *unsendable;		/* why the row can never be sent ("payload is NULL"), or NULL */
+	bool		decoded;		/* event_id, payload, headers, time, unsendable: filled in */
+	HeapTuple	tup;			/* the row as read */
+	TupleDesc	desc;
 } OutboxRow;
 
 /*
@@ -152,6 +155,7 @@ typedef struct OutboxState
 	uint64		seen_commits;	/* producers' commit count the last read covered */
 	uint64		commits;		/* the count read before this round's snapshot */
 	bool		more;			/* the last read left rows behind */
+	bool		caught_up;		/* the last fresh read found fewer rows than it asked for */
 	bool		wanted;			/* read in this round (decided before its snapshot) */
 	List	   *open;			/* requests being filled by the current dispatch */
 	SPIPlanPtr	fetch_plan;
@@ -180,7 +184,8 @@ typedef struct Delivery
 	int			maxrows;
 	int64	   *ids;
 	int		   *attempts;		/* attempts before this one, per row */
-	char	   *result;			/* per row, on completion: 'o'k, 'r'etry, 'd'ead */
+	char	   *result;			/* per row, on completion: 'o'k, 'r'etry, 'd'ead, or
+								 * 'u'nsent: behind an earlier failed row of its key */
 	uint32	   *keyhashes;
 	bool	   *haskey;
 	const char *topic;			/* Kafka: the topic of every row */
@@ -189,6 +194,8 @@ typedef struct Delivery
 	const char **extra;			/* extra header lines */
 	int			nextra;
 	CourierHttpRequest *req;
+	int			lane;			/* which of the dispatch's open requests it is (by key hash) */
+	bool		started;		/* handed to libcurl: no more rows join it */
 	bool		probe;			/* the half-open breaker's probe */
 	bool		discovery;		/* v3: GET /v3/clusters, carrying no rows */
 	char	   *webhook_id;		/* signed requests: the event id, or the batch's id */
@@ -222,7 +229,8 @@ extern int	courier_signing_headers(const OutboxState *ob, const char *msg_id, co
 									size_t len, const char **headers);
 
 /* outbox_format.c */
-extern void courier_decode_row(HeapTuple tup, TupleDesc desc, const OutboxState *ob, OutboxRow *r);
+extern void courier_decode_row(HeapTuple tup, TupleDesc desc, OutboxRow *r);
+extern void courier_decode_rest(const OutboxState *ob, OutboxRow *r);
 extern void courier_format_cloudevent(StringInfo buf, const OutboxState *ob, const OutboxRow *r);
 
 /* kafka_rest.c: what Kafka REST v2 and v3 share, and v2 itself */
@@ -265,7 +273,7 @@ extern void courier_parking_init(OutboxState *ob);
 extern bool courier_park(OutboxState *ob, uint32 keyhash, int64 id);
 extern bool courier_parked_before(OutboxState *ob, uint32 keyhash, int64 id);
 extern void courier_key_ready(OutboxState *ob, uint32 keyhash);
-extern int	courier_take_ready(OutboxState *ob, int64 *ids, uint32 *keys, int max);
+extern int	courier_take_ready(OutboxState *ob, int64 *ids, uint32 *keys, int max, int per_key);
 extern void courier_parking_clear(OutboxState *ob);
 extern void courier_block_key(OutboxState *ob, uint32 keyhash, int64 head_id);
 extern bool courier_blocked_for(OutboxState *ob, uint32 keyhash, int64 id);
