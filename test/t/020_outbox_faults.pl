@@ -92,12 +92,9 @@ scenario('429 with Retry-After', events => 20,
 			't', 'the retry is scheduled no earlier than Retry-After');
 	});
 
-# scope record: records fail on their own.  With 200 keys a request puts ~50 records in each
-# partition, and a failure taking the rest of its partition batch along would fail the late ones
-# nearly every time (rate 0.2, no count) until max_attempts.
 scenario('Kafka per-record error_code 2 (retriable)', format => 'kafka_rest_v2',
 	options => "{$fast, \"topic\": \"orders\"}", events => 2000, keys => 200,
-	faults => { kafka_record_errors => { code => 2, rate => 0.2, scope => 'record' } });
+	faults => { kafka_record_errors => { code => 2, rate => 0.2 } });
 
 ($ob) = scenario('Kafka per-record error_code 1 (permanent)', format => 'kafka_rest_v2',
 	options => "{$fast, \"topic\": \"orders\"}", events => 500, keys => 100, dead => 3,
