@@ -57,6 +57,7 @@ new_state(Oid relid)
 	ob->inflight_ids = hash_create("pg_courier inflight", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	ob->counters = courier_counters_for(relid);
 	ob->tls_verify = true;
+	ob->caught_up = true;		/* (nothing read yet: its first read is one batch) */
 	courier_parking_init(ob);
 	return ob;
 }

@@ -21,6 +21,13 @@
  * several requests at once, a pass fills up to DISPATCH_LANES requests side
  * by side and puts each key into the one its hash picks.
  *
+ * Reading ahead.  Rows parked behind busy keys are read twice (fresh, then
+ * by id), so once the parked rows would fill the whole in-flight budget
+ * the fresh read pauses (READ_AHEAD_PAUSE_MS): hot keys then drain from
+ * their queues instead of the read running ever further ahead.  The pause
+ * is short because the parked rows may all wait behind a failed key while
+ * other keys' rows lie past the cursor.
+ *
  * First request early.  A read materializes its rows before any of them is
  * sent, so the first read after the outbox was caught up takes one batch
  * and the next rounds take more: a large backlog committed at once starts
@@ -67,6 +74,8 @@
 #define DISPATCH_LANES		4
 /* rows one read may return */
 #define MAX_READ_ROWS		100000
+/* with this many rows parked per batch of the in-flight budget, read ahead only this often */
+#define READ_AHEAD_PAUSE_MS	100
 
 /*
  * new_delivery
@@ -667,6 +676,20 @@ next_retry_at(OutboxState *ob)
 }
 
 /*
+ * read_ahead_wanted
+ *		Should this pass read fresh rows?  Not while the rows parked behind
+ *		busy keys would fill the in-flight budget, except now and then.
+ */
+static bool
+read_ahead_wanted(const OutboxState *ob, TimestampTz now)
+{
+	int64		budget_rows = (int64) (OB_BATCHED(ob) ? OB_BATCH(ob) : 1) * OB_INFLIGHT(ob);
+
+	return ob->nparked < budget_rows ||
+		TimestampDifferenceExceeds(ob->last_read, now, READ_AHEAD_PAUSE_MS);
+}
+
+/*
  * discover_cluster
  *		Kafka REST v3 without a cluster_id option: ask the proxy (GET
  *		{base}/v3/clusters, a request without rows under the breaker and the
@@ -793,7 +816,7 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 		else
 			ob->retry_at = next_retry_at(ob);
 	}
-	if (!dp.stopped)
+	if (!dp.stopped && read_ahead_wanted(ob, now))
 	{
 		args[0] = Int64GetDatum(ob->cursor);
 		n = take_rows(&dp, ob->fetch_plan, args, &last);
