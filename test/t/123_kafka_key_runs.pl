@@ -19,7 +19,8 @@
 #   - a permanent 50002 on one event in the middle of its key's run (that record alone, as a
 #     RecordTooLargeException is): the event is a dead letter; with on_dead_letter 'skip'
 #     (default) the later events of its key are delivered, with 'block' those not written in its
-#     own request wait until the dead letter is replayed, then follow it in order.
+#     own request, and those committed after it was refused, wait until the dead letter is
+#     replayed, then follow it in order.
 # And that requests really carried several events of one key (the sink numbers requests).
 use strict;
 use warnings;
@@ -304,17 +305,18 @@ my @early_n = grep { $_ % $nk == 1 && $_ < $target_n } 1 .. $M;
 	my $target = event_id($ob, $target_n);
 	fresh({ kafka_record_errors => { code => 50002, count => 1, scope => 'record', ids => [$target] } });
 	insert($ob, 1, $M);
-	# every other key delivered and the refused event dead: then a barrier event on another key,
-	# so the worker had every chance to send the waiting ones
 	ok(CourierTest::wait_until(sub {
 		dead_count($ob) == 1 && q1("SELECT count(*) FROM $ob WHERE key <> 'kr-b'") == 0 }, timeout => 60,
 		what => "$name: other keys drained"), "$name: the refused event is a dead letter, the other keys drain");
 	is(q1("SELECT event_id || ' ' || blocking FROM courier.dead_letters WHERE outbox = '$ob'::regclass"), "$target true",
 		"$name: it blocks its key");
-	insert($ob, $M + $nk, $M + $nk);    # key kr-a
-	my $barrier = event_id($ob, $M + $nk);
-	ok($sink->wait_for(sub { $_[0]->count($barrier) == 1 }, timeout => 60, what => 'the barrier'),
-		"$name: an event of another key committed later is delivered");
+	# more events of every key, committed after the refusal (so none can be in its request): the
+	# other keys' are delivered, which also shows the worker had every chance to send kr-b's
+	insert($ob, $M + 1, $M + 2 * $nk);
+	my @more_n = grep { $_ % $nk == 1 } $M + 1 .. $M + 2 * $nk;
+	my @waiting_n = (@later_n, @more_n);
+	ok(CourierTest::wait_until(sub { q1("SELECT count(*) FROM $ob WHERE key <> 'kr-b'") == 0 }, timeout => 60,
+		what => "$name: later events of other keys"), "$name: events of other keys committed later are delivered");
 	my $events = $sink->events;
 	my @early = grep { $_->{key} eq 'kr-b' && $_->{data}{n} < $target_n } @$events;
 	is_deeply([ map { $_->{data}{n} } @early ], \@early_n, "$name: the events before it were delivered, in order");
@@ -322,17 +324,19 @@ my @early_n = grep { $_ % $nk == 1 && $_ < $target_n } 1 .. $M;
 	# those are a prefix of the later events, from one request: every other later event waits
 	my @after = grep { $_->{key} eq 'kr-b' && $_->{data}{n} > $target_n } @$events;
 	my %reqs = map { $_->{req} => 1 } @after;
-	note("$name: " . scalar(@after) . ' later events of its key were written in its request, ' . (@later_n - @after) . ' wait');
+	note("$name: " . scalar(@after) . ' later events of its key were written in its request, '
+		. (@waiting_n - @after) . ' wait');
 	ok(keys(%reqs) <= 1, "$name: later events of the key delivered at all came in one request (the refused event's run)");
 	is_deeply([ map { $_->{data}{n} } @after ], [ @later_n[ 0 .. $#after ] ], "$name: they are the next ones, in order");
-	is(CourierTest::pending($node, $ob), scalar(@later_n) - scalar(@after), "$name: the other later events of its key wait");
+	is(CourierTest::pending($node, $ob), scalar(@waiting_n) - scalar(@after),
+		"$name: the other later events of its key wait (among them " . scalar(@more_n) . ' committed after the refusal)');
 
 	# replayed, the dead letter goes first, then the waiting events in order
 	my $seq = @$events ? $events->[-1]{seq} : 0;
 	is(q1("SELECT courier.replay_dead_letters('$ob')"), '1', "$name: the dead letter is replayed");
 	ok(drained($ob, 0, "$name: drained after the replay"), "$name: after the replay the key drains");
 	my @tail = grep { $_->{key} eq 'kr-b' } @{ $sink->events(from => $seq + 1) };
-	is_deeply([ map { $_->{data}{n} } @tail ], [ $target_n, @later_n[ scalar(@after) .. $#later_n ] ],
+	is_deeply([ map { $_->{data}{n} } @tail ], [ $target_n, @waiting_n[ scalar(@after) .. $#waiting_n ] ],
 		"$name: the replayed event first, then the waiting ones, each once, in order");
 	is($sink->stats->{duplicates}, 0, "$name: no record written twice");
 }
