@@ -180,13 +180,43 @@ req POST "$B/hook" "$CE" "$(ev f5)" -H 'Idempotency-Key: "f5"';             chec
 check "accept_then_fail recorded" 1 "$(stat accepted)"
 req POST "$B/hook" "$CE" "$(ev f5)" -H 'Idempotency-Key: "f5"';             check "redelivery ok" 200 "$CODE"
 check "redelivery is a duplicate" 1 "$(stat duplicates)"
-ctl POST /_sink/faults '{"kafka_record_errors":{"code":2,"count":2}}' >/dev/null
+ctl POST /_sink/faults '{"kafka_record_errors":{"code":2,"count":2,"scope":"record"}}' >/dev/null
 req POST "$B/kafka/topics/orders" "$KJ" '{"records":[{"key":"a","value":1},{"key":"a","value":2},{"key":"a","value":3}]}'
 check "record errors: 200" 200 "$CODE"
 check "record errors: codes" '2,2,null' "$(js 'b.offsets.map(o => String(o.error_code)).join()')"
 check "record errors: failed have null offset" true "$(js 'b.offsets[0].offset === null && typeof b.offsets[0].error === "string" && b.offsets[2].offset >= 0')"
 check "record errors: only ok recorded" 3 "$(stat accepted)"
 check "faults_injected kinds" '{"reset":1,"accept_then_fail":1,"kafka_record_errors":2}' "$(stat faults_injected)"
+# scope "partition" (the default): a failed record takes the later records of its partition (in
+# this request) with it. Partitions of 4 (json keys): "a" and "e" -> 2, "b" -> 1; v3 STRING keys:
+# "a" and "h" -> 1, "b" -> 3. ids picks the record the plan hits.
+ctl POST /_sink/reset >/dev/null
+ctl POST /_sink/config '{"id_field":"id"}' >/dev/null
+KP='{"records":[{"key":"a","value":{"id":"a0"}},{"key":"a","value":{"id":"a1"}},{"key":"b","value":{"id":"b1"}},{"key":"a","value":{"id":"a2"}},{"key":"e","value":{"id":"e1"}},{"key":"b","value":{"id":"b2"}}]}'
+ctl POST /_sink/faults '{"kafka_record_errors":{"code":50003,"ids":["a1"]}}' >/dev/null
+req POST "$B/kafka/topics/orders" "$KJ" "$KP"
+check "partition scope: codes" 'null,50003,null,50003,50003,null' "$(js 'b.offsets.map(o => String(o.error_code)).join()')"
+check "partition scope: recorded" 'a0,b1,b2' "$(curl -s --max-time 5 "$K/_sink/events" | "$NODE" -e 'console.log(JSON.parse(require("fs").readFileSync(0)).map(e => e.id).join())')"
+check "partition scope: one request number" true "$(curl -s --max-time 5 "$K/_sink/events" | "$NODE" -e 'const e = JSON.parse(require("fs").readFileSync(0)); console.log(e[0].req > 0 && e.every(x => x.req === e[0].req))')"
+check "partition scope: counted" '{"kafka_record_errors":1,"kafka_partition_failed":2}' "$(stat faults_injected)"
+ctl POST /_sink/config '{"kafka_shape":"redpanda"}' >/dev/null
+ctl POST /_sink/faults '{"kafka_record_errors":{"code":50003,"ids":["a1"]}}' >/dev/null
+req POST "$B/kafka/topics/orders" "$KJ" "$KP"
+check "redpanda: one entry per partition, the failed one with its code" '2:50003:-1,1::' \
+  "$(js 'b.offsets.map(o => [o.partition, o.error_code === undefined ? "" : o.error_code, o.offset === -1 ? -1 : ""].join(":")).join()')"
+check "redpanda: the whole partition failed" 5 "$(stat accepted)"
+ctl POST /_sink/config '{"kafka_shape":"confluent"}' >/dev/null
+ctl POST /_sink/faults '{"kafka_record_errors":{"code":50003,"ids":["a1"]}}' >/dev/null
+V3E() { printf '{"id":"%s","key":{"type":"STRING","data":"%s"},"value":{"type":"JSON","data":{"id":"%s"}}}' "$1" "$2" "$3"; }
+req POST "$B/kafka/v3/clusters/sink-cluster-1/topics/orders/records:batch" application/json \
+  "{\"entries\":[$(V3E 0 a a0),$(V3E 1 a a1),$(V3E 2 b b1),$(V3E 3 h h1),$(V3E 4 a a2)]}"
+check "v3 partition scope: 207" 207 "$CODE"
+check "v3 partition scope: failures" '1:50003,3:50003,4:50003' "$(js 'b.failures.map(f => f.id + ":" + f.error_code).join()')"
+check "v3 partition scope: successes" '0,2' "$(js 'b.successes.map(s => s.id).join()')"
+ctl POST /_sink/config '{"id_field":null}' >/dev/null
+check "bad scope rejected" 400 "$(ctl POST /_sink/faults '{"kafka_record_errors":{"scope":"topic"}}')"
+check "empty ids rejected" 400 "$(ctl POST /_sink/faults '{"kafka_record_errors":{"ids":[]}}')"
+check "scope elsewhere rejected" 400 "$(ctl POST /_sink/faults '{"status":{"scope":"record"}}')"
 ctl POST /_sink/faults '{"down":true}' >/dev/null
 req POST "$B/kafka/topics/orders" "$KJ" "$KR";                              check "down kafka" 503 "$CODE"
 req POST "$B/hook" "$CE" "$(ev f6)" -H 'Idempotency-Key: "f6"';             check "down ce" 503 "$CODE"

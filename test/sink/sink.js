@@ -66,7 +66,7 @@ function internTopic(t) {
 function newRecords() {
   const cap = 1024;
   return { n: 0, cap, t: new Float64Array(cap), off: new Float64Array(cap), part: new Int32Array(cap),
-    topic: new Int32Array(cap), fmt: new Uint8Array(cap), id: [], key: [], data: [],
+    topic: new Int32Array(cap), fmt: new Uint8Array(cap), req: new Float64Array(cap), id: [], key: [], data: [],
     kafka: [],            // Kafka records: {key_bytes (base64), headers, value}, while record_data
     seen: new Map(),      // id -> receipt count (dedup, /ids, /count)
     lastOrder: new Map(), // key -> highest order value among first receipts
@@ -80,9 +80,12 @@ function newCounters() {
 rec = newRecords(); counters = newCounters();
 function grow(r) {
   const cap = r.cap * 2;
-  for (const f of ['t', 'off', 'part', 'topic', 'fmt']) { const a = new r[f].constructor(cap); a.set(r[f]); r[f] = a; }
+  for (const f of ['t', 'off', 'part', 'topic', 'fmt', 'req']) { const a = new r[f].constructor(cap); a.set(r[f]); r[f] = a; }
   r.cap = cap;
 }
+// Protocol requests are numbered in the order their bodies were read (1, 2, ...; never reset), and
+// every record carries the number of the request it came in (`req`): which events shared a request.
+let reqCounter = 0, currentReq = 0;
 // Kafka offsets per topic-partition and the round-robin cursor for null keys. Like a real broker
 // they are not rewound by /_sink/reset, so offsets never repeat within one sink process.
 const offsets = new Map(), rrCursor = new Map();
@@ -99,7 +102,7 @@ function record(t, fmt, id, key, topic, data, part, off, ev, kafka) {
   const r = rec;
   if (r.n === r.cap) grow(r);
   const i = r.n++;
-  r.t[i] = t; r.fmt[i] = fmt; r.part[i] = part; r.off[i] = off; r.topic[i] = internTopic(topic);
+  r.t[i] = t; r.fmt[i] = fmt; r.part[i] = part; r.off[i] = off; r.topic[i] = internTopic(topic); r.req[i] = currentReq;
   r.id.push(id); r.key.push(key);
   if (config.record_data) r.data[i] = data;
   if (config.record_data && kafka !== undefined) r.kafka[i] = kafka;
@@ -189,7 +192,18 @@ function compilePlan(spec) {
       f.code = Number(s.code === undefined ? 2 : s.code);
       if (!KAFKA_RECORD_CODES.has(f.code))
         throw new Error(`kafka_record_errors.code must be one of ${[...KAFKA_RECORD_CODES].join(', ')}`);
+      f.scope = s.scope === undefined ? 'partition' : s.scope;
+      if (f.scope !== 'partition' && f.scope !== 'record')
+        throw new Error('kafka_record_errors.scope must be "partition" or "record"');
+      f.ids = null;
+      if (s.ids !== undefined && s.ids !== null) {
+        if (!Array.isArray(s.ids) || s.ids.length === 0 || !s.ids.every((x) => typeof x === 'string' && x !== ''))
+          throw new Error('kafka_record_errors.ids must be a non-empty array of record ids');
+        f.ids = new Set(s.ids);
+      }
     }
+    if (k !== 'kafka_record_errors' && (s.scope !== undefined || s.ids !== undefined))
+      throw new Error(`${k}: scope and ids are options of kafka_record_errors only`);
     p[k] = f;
   }
   rng = spec.seed === undefined ? Math.random : mulberry32(Number(spec.seed) | 0);
@@ -367,6 +381,7 @@ function dispatch(req, res, body, entry) {
   const ct = mediaType(req.headers['content-type']);
   const format = km || v3c || v3b ? 'kafka' : ct.type === 'application/cloudevents-batch+json' ? 'ce-batch' : 'ce';
   entry.format = format;
+  entry.req = currentReq = ++reqCounter;
 
   // Parse once up front: fault matching by CE type needs the body, validation reuses it.
   let parsed, parseErr = null;
@@ -490,15 +505,12 @@ function handleKafka(req, res, ct, parsed, parseErr, topic, t, p, ctx) {
   }
   let offs = offsets.get(topic);
   if (offs === undefined) { offs = new Array(np).fill(0); offsets.set(topic, offs); rrCursor.set(topic, 0); }
-  const kre = p !== null ? p.kafka_record_errors : undefined;
   const idField = config.id_field;
-  const out = new Array(records.length);
-  for (let i = 0; i < records.length; i++) {
+  // First where each record goes and what it is, then which records fail (kafka_record_errors:
+  // a failure takes the rest of its partition's batch with it), then the written ones are recorded.
+  const n = records.length, prep = new Array(n), parts = new Array(n), vids = new Array(n);
+  for (let i = 0; i < n; i++) {
     const r = records[i];
-    if (kre !== undefined && fire(kre, ctx)) {
-      out[i] = { partition: null, offset: null, error_code: kre.code, error: KAFKA_RECORD_TEXT[kre.code] };
-      continue;
-    }
     let key = r.key === undefined ? null : r.key, value = r.value;
     if (binary) {
       if (key !== null) key = Buffer.from(key, 'base64').toString('utf8');
@@ -509,15 +521,27 @@ function handleKafka(req, res, ct, parsed, parseErr, topic, t, p, ctx) {
     if (r.partition !== undefined && r.partition !== null) part = r.partition;
     else if (key === null) { part = rrCursor.get(topic); rrCursor.set(topic, (part + 1) % np); }
     else part = fnv1a(binary ? r.key : JSON.stringify(key)) % np;
-    const off = offs[part]++;
-    let id;
     // CloudEvents Kafka protocol binding, structured mode: the value is a whole CloudEvent
     const ce = value !== null && typeof value === 'object' && value.specversion === '1.0' &&
       typeof value.id === 'string' ? value : null;
+    let vid = null;
     if (idField !== null && value !== null && typeof value === 'object' && value[idField] !== undefined && value[idField] !== null)
-      id = String(value[idField]);
-    else if (ce !== null) id = ce.id;
-    else id = `${topic}/${part}/${off}`;
+      vid = String(value[idField]);
+    else if (ce !== null) vid = ce.id;
+    prep[i] = { keyStr, value, ce }; parts[i] = part; vids[i] = vid;
+  }
+  const kre = p !== null ? p.kafka_record_errors : undefined;
+  const redpanda = config.kafka_shape === 'redpanda';
+  const fails = recordFailures(kre, ctx, parts, vids, redpanda);
+  const out = new Array(n);
+  for (let i = 0; i < n; i++) {
+    if (fails[i] !== 0) {
+      out[i] = { partition: null, offset: null, error_code: fails[i], error: KAFKA_RECORD_TEXT[fails[i]] };
+      continue;
+    }
+    const r = records[i], { keyStr, value, ce } = prep[i], part = parts[i];
+    const off = offs[part]++;
+    const id = vids[i] !== null ? vids[i] : `${topic}/${part}/${off}`;
     // the key's bytes as Kafka stores them: the JSON text in json mode, the decoded bytes in binary
     const keyBytes = r.key === undefined || r.key === null ? null
       : binary ? r.key : Buffer.from(JSON.stringify(r.key), 'utf8').toString('base64');
@@ -526,14 +550,58 @@ function handleKafka(req, res, ct, parsed, parseErr, topic, t, p, ctx) {
     out[i] = { partition: part, offset: off, error_code: null, error: null };
   }
   if (p !== null && fire(p.accept_then_fail, ctx)) return () => sendInjected(res, p.accept_then_fail, ctx);
-  if (config.kafka_shape === 'redpanda') return () => send(res, 200, { offsets: redpandaOffsets(out) }, KAFKA_CT);
+  if (redpanda) return () => send(res, 200, { offsets: redpandaOffsets(out, parts, kre) }, KAFKA_CT);
   return () => send(res, 200, { key_schema_id: null, value_schema_id: null, offsets: out }, KAFKA_CT);
 }
 
+// kafka_record_errors over the records of one request (v2 and v3): codes[i] is the error code of
+// record i, 0 when it is to be written. parts[i] is its partition, ids[i] its id as recorded (or
+// null: no id the plan's "ids" could name).
+// - scope "record": each record fails on its own (rate, count), the others are written.
+// - scope "partition" (default): as in Kafka, where the records of one partition travel in one
+//   producer batch that fails as a whole: once record k fails, every later record of its
+//   partition in this request fails with the same code (without drawing on rate or count), and is
+//   not written. Earlier records of the partition are written (Confluent's proxy: they may have
+//   left in an earlier batch), except with wholePartition (Redpanda's proxy builds one batch per
+//   partition, so the whole partition fails).
+// faults_injected counts the records the plan hit under kafka_record_errors and the records
+// that failed with them under kafka_partition_failed.
+function recordFailures(kre, ctx, parts, ids, wholePartition) {
+  const n = parts.length, codes = new Array(n).fill(0);
+  if (kre === undefined) return codes;
+  const failed = new Map(); // partition -> code of its failed batch (scope partition)
+  const partition = kre.scope === 'partition';
+  let followers = 0;
+  for (let i = 0; i < n; i++) {
+    if (partition && failed.has(parts[i])) { codes[i] = failed.get(parts[i]); followers++; continue; }
+    if (kre.ids !== null && (ids[i] === null || !kre.ids.has(ids[i]))) continue;
+    if (fire(kre, ctx)) { codes[i] = kre.code; if (partition) failed.set(parts[i], kre.code); }
+  }
+  if (partition && wholePartition && failed.size > 0) {
+    for (let i = 0; i < n; i++) if (codes[i] === 0 && failed.has(parts[i])) { codes[i] = failed.get(parts[i]); followers++; }
+  }
+  if (followers > 0) counters.faults_injected.kafka_partition_failed = (counters.faults_injected.kafka_partition_failed || 0) + followers;
+  return codes;
+}
+
 // Redpanda's HTTP Proxy answers one entry per partition written (pandaproxy/rest/handlers.cc), not
-// per record: {"partition":p,"offset":<first offset>}, with error_code when that partition failed.
-function redpandaOffsets(out) {
+// per record: {"partition":p,"offset":<first offset>}, and {"partition":p,"error_code":c,"offset":-1}
+// for a partition whose batch failed. Entries come in the order of the partitions' first records
+// (Redpanda's own order is a hash map's: one order it may have). With kafka_record_errors of
+// scope "record" (records of one partition failing on their own, which Redpanda's proxy cannot
+// answer) the failures are one {"partition":-1,"offset":-1,"error_code":c} entry at the end, as
+// before scopes existed.
+function redpandaOffsets(out, parts, kre) {
   const byPart = new Map();
+  if (kre !== undefined && kre.scope === 'partition') {
+    for (let i = 0; i < out.length; i++) {
+      const o = out[i], pt = parts[i];
+      if (byPart.has(pt)) continue;
+      byPart.set(pt, o.error_code !== null ? { partition: pt, error_code: o.error_code, offset: -1 }
+        : { partition: pt, offset: o.offset });
+    }
+    return [...byPart.values()];
+  }
   let failed = null;
   for (const o of out) {
     if (o.error_code !== null) { if (failed === null) failed = o; continue; }
@@ -609,31 +677,40 @@ function handleV3Batch(req, res, ct, parsed, parseErr, cluster, topic, t, p, ctx
   const np = opts.partitions;
   let offs = offsets.get(topic);
   if (offs === undefined) { offs = new Array(np).fill(0); offsets.set(topic, offs); rrCursor.set(topic, 0); }
-  const kre = p !== null ? p.kafka_record_errors : undefined;
-  const successes = [], failures = [];
-  for (const e of entries) {
-    if (kre !== undefined && fire(kre, ctx)) {
-      failures.push({ id: e.id, error_code: kre.code, message: KAFKA_RECORD_TEXT[kre.code] });
-      continue;
-    }
+  const idField = config.id_field;
+  // As for v2: where each entry goes and what it is, then which fail, then record the written ones.
+  const n = entries.length, prep = new Array(n), parts = new Array(n), vids = new Array(n);
+  for (let i = 0; i < n; i++) {
+    const e = entries[i];
     const keyBytes = v3Bytes(e.key);
     const keyStr = keyBytes === null ? null : Buffer.from(keyBytes, 'base64').toString('utf8');
     let part;
     if (Number.isInteger(e.partition_id)) part = e.partition_id % np;
     else if (keyBytes === null) { part = rrCursor.get(topic); rrCursor.set(topic, (part + 1) % np); }
     else part = fnv1a(keyBytes) % np;
-    const off = offs[part]++;
     const value = e.value.type === 'JSON' ? e.value.data : Buffer.from(v3Bytes(e.value), 'base64').toString('utf8');
-    const headers = (e.headers || []).map((h) => ({ name: h.name,
-      value: h.value === null ? null : Buffer.from(h.value, 'base64').toString('utf8') }));
     const ce = value !== null && typeof value === 'object' && value.specversion === '1.0' &&
       typeof value.id === 'string' ? value : null;
-    const idField = config.id_field;
-    let id;
+    let vid = null;
     if (idField !== null && value !== null && typeof value === 'object' && value[idField] !== undefined && value[idField] !== null)
-      id = String(value[idField]);
-    else if (ce !== null) id = ce.id;
-    else id = `${topic}/${part}/${off}`;
+      vid = String(value[idField]);
+    else if (ce !== null) vid = ce.id;
+    prep[i] = { keyBytes, keyStr, value, ce }; parts[i] = part; vids[i] = vid;
+  }
+  const kre = p !== null ? p.kafka_record_errors : undefined;
+  const fails = recordFailures(kre, ctx, parts, vids, false);
+  const successes = [], failures = [];
+  for (let i = 0; i < n; i++) {
+    const e = entries[i];
+    if (fails[i] !== 0) {
+      failures.push({ id: e.id, error_code: fails[i], message: KAFKA_RECORD_TEXT[fails[i]] });
+      continue;
+    }
+    const { keyBytes, keyStr, value, ce } = prep[i], part = parts[i];
+    const off = offs[part]++;
+    const headers = (e.headers || []).map((h) => ({ name: h.name,
+      value: h.value === null ? null : Buffer.from(h.value, 'base64').toString('utf8') }));
+    const id = vids[i] !== null ? vids[i] : `${topic}/${part}/${off}`;
     record(t, FMT_KAFKA, id, keyStr, topic, ce !== null ? ce.data : value, part, off, ce,
       { key_bytes: keyBytes, headers, value });
     successes.push({ id: e.id, cluster_id: cluster, topic_name: topic, partition_id: part, offset: off,
@@ -719,7 +796,7 @@ function statsView() {
     listening: protoListening, rss_bytes: process.memoryUsage.rss() };
 }
 function eventView(i) {
-  const e = { seq: i + 1, id: rec.id[i], key: rec.key[i], topic: topicNames[rec.topic[i]], format: FMT[rec.fmt[i]], t: rec.t[i] };
+  const e = { seq: i + 1, req: rec.req[i], id: rec.id[i], key: rec.key[i], topic: topicNames[rec.topic[i]], format: FMT[rec.fmt[i]], t: rec.t[i] };
   if (rec.fmt[i] === FMT_KAFKA) { e.partition = rec.part[i]; e.offset = rec.off[i]; }
   if (config.record_data || rec.data[i] !== undefined) e.data = rec.data[i] === undefined ? null : rec.data[i];
   if (rec.kafka[i] !== undefined) e.kafka = rec.kafka[i];

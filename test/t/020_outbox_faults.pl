@@ -98,7 +98,7 @@ scenario('Kafka per-record error_code 2 (retriable)', format => 'kafka_rest_v2',
 
 ($ob) = scenario('Kafka per-record error_code 1 (permanent)', format => 'kafka_rest_v2',
 	options => "{$fast, \"topic\": \"orders\"}", events => 500, keys => 100, dead => 3,
-	faults => { kafka_record_errors => { code => 1, count => 3 } });
+	faults => { kafka_record_errors => { code => 1, count => 3, scope => 'record' } });
 like($node->safe_psql('postgres', "SELECT min(last_error) FROM courier.dead_letters WHERE outbox = '$ob'::regclass"),
 	qr/Kafka error_code 1/, 'the dead letter says why');
 

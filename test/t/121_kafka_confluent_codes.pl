@@ -58,7 +58,9 @@ for my $code (50002, 1)
 	$sink->clear_faults;
 	$sink->reset;
 	$sink->config(order_field => 'n', record_data => JSON::PP::true, kafka_shape => 'confluent');
-	$sink->faults({ kafka_record_errors => { code => $code, count => 3 } });
+	# scope record: exactly these 3 records fail (a RecordTooLargeException is the record's own,
+	# not its partition batch's)
+	$sink->faults({ kafka_record_errors => { code => $code, count => 3, scope => 'record' } });
 	my $ob = make('kafka_rest_v2', ', "max_attempts": 0', 60, 6);
 	ok(drained($ob, 3, "$code: drained"), "error_code $code: the outbox drains with max_attempts 0");
 	is(dead_count($ob), 3, "error_code $code: exactly the 3 refused records are dead letters");
