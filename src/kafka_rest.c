@@ -194,6 +194,7 @@ typedef struct OffsetsParse
 	int			nrecords;
 	int		   *codes;
 	int			seen;
+	int			error_fields;	/* entries with an "error" field (Confluent's always have one) */
 	int			first_error;	/* the first non-zero error_code, 0: none */
 	char	   *errbuf;
 	int			errlen;
@@ -239,7 +240,11 @@ op_field_start(void *state, char *fname, bool isnull)
 	if (p->depth == 1 && strcmp(fname, "offsets") == 0)
 		p->in_offsets = true;
 	else if (p->depth == 3 && p->in_offsets)
+	{
 		p->field = fname;
+		if (strcmp(fname, "error") == 0)
+			p->error_fields++;
+	}
 	JSON_CB_RETURN;
 }
 
@@ -282,12 +287,15 @@ op_scalar(void *state, char *token, JsonTokenType type)
  * courier_parse_kafka_offsets
  *		Read the outcome of a Kafka REST v2 produce answer (a 200): codes[i]
  *		= 0 when record i was written, else its error code.
- *		- As many entries as records (Confluent): one per record, in order.
- *		- Fewer entries, none with an error code (Redpanda: one per
- *		  partition): every record was written.
- *		- Fewer entries with an error code: which records failed cannot be
- *		  told; every record gets the first code (a retriable one sends
- *		  records that were written again: at least once).
+ *		- As many entries as records, each with an "error" field (null or
+ *		  text: Confluent): one per record, in order.
+ *		- Otherwise one entry per partition (Redpanda, whose entries have
+ *		  no "error" field and come in no particular order: as many entries
+ *		  as records says nothing about which record each one is):
+ *		  - none with an error code: every record was written;
+ *		  - one with an error code: which records failed cannot be told;
+ *		    every record gets the first code (a retriable one sends records
+ *		    that were written again: at least once, never lost).
  *		Returns false when the body is not such an answer (malformed, no
  *		entries, more entries than records); errbuf says why.  Otherwise
  *		errbuf holds the first "error" text, or "".
@@ -329,7 +337,7 @@ courier_parse_kafka_offsets(const char *json, int len, int nrecords, int *codes,
 		snprintf(errbuf, errlen, "Kafka REST response has %d offsets for %d records", p.seen, nrecords);
 		return false;
 	}
-	if (p.seen < nrecords)
+	if (p.seen < nrecords || p.error_fields < p.seen)
 		for (int i = 0; i < nrecords; i++)
 			codes[i] = p.first_error;
 	return true;

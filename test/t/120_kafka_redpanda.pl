@@ -68,6 +68,27 @@ like($node->safe_psql('postgres', "SELECT last_error FROM courier.dead_letters W
 	qr/invalid Kafka topic name/, 'its reason says why');
 ok(!(grep { $_->{url} =~ m{/topics/?$} } @{ $sink->requests }), 'no request went to /topics/');
 
+# --- Redpanda's entries are per partition and come in no particular order: an answer with as many
+# entries as records, one of them with an error code, cannot say which record failed, so no record
+# of it is taken as written (the injected answer wrote nothing: both events must arrive later)
+$sink->reset;
+$sink->config(kafka_shape => 'redpanda', order_field => 'n');
+$sink->faults({ status => { code => 200, count => 1, match => { format => 'kafka', topic => 'rp2' },
+	body => { offsets => [ { partition => 0, offset => 7 }, { partition => 1, offset => -1, error_code => 50003 } ] } } });
+$node->safe_psql('postgres', qq{
+	SELECT courier.create_outbox('rp2', '$url', 'kafka_rest_v2', '{"topic": "rp2", "retry_base_ms": 20, "retry_max_ms": 100}');
+	SELECT courier.alter_outbox('rp2', enabled => false);
+	SELECT courier.send('rp2', jsonb_build_object('n', i), 'same-key') FROM generate_series(1, 2) i;
+	SELECT courier.alter_outbox('rp2', enabled => true);
+});
+ok(CourierTest::wait_until(sub { CourierTest::pending($node, 'rp2') == 0 }, timeout => 60, what => 'rp2 drained'),
+	'per-partition answer with an error: the request was retried');
+is($sink->stats->{faults_injected}{status}, 1, 'the ambiguous answer was given once');
+is($sink->stats->{unique}, 2, 'both events arrived: none was taken as written by the ambiguous answer');
+is($sink->stats->{order_violations}, 0, 'in order');
+is($node->safe_psql('postgres', "SELECT failed_attempts > 0 FROM courier.outbox_stats WHERE outbox = 'rp2'::regclass"), 't',
+	'the answer counted as a failed attempt');
+
 is($sink->stats->{internal_errors}, 0, 'the sink had no internal errors');
 $sink->stop;
 $node->stop;
