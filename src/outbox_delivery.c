@@ -29,10 +29,11 @@
  * key while other keys' rows lie past the cursor.
  *
  * First request early.  A read materializes its rows before any of them is
- * sent, so the first read after the outbox was caught up takes one batch
- * and the next rounds take more: a large backlog committed at once starts
- * moving after one batch's work, not after reading the whole in-flight
- * budget.
+ * sent, and requests go onto the wire between rounds, so a batched
+ * outbox's reads are small: one batch when it was caught up (a large
+ * backlog committed at once starts moving after one batch's work), at most
+ * DISPATCH_LANES batches otherwise (the requests of one round are on their
+ * way while the next round reads).
  *
  * Reading.  A cursor remembers the highest id looked at, so a busy outbox
  * is read incrementally.  Rows left behind the cursor (held, or failed and
@@ -797,11 +798,13 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	dp.failed_rows = courier_has_failed_rows(ob);
 
 	/*
-	 * Once caught up, a batched outbox reads one batch first: it leaves
-	 * before the rest is read.  A full read means more: then the budget.
+	 * Reads of a batched outbox take up to DISPATCH_LANES batches; one once
+	 * caught up (it leaves before the rest is read) or while the rows parked
+	 * behind busy keys fill the budget (see "Reading ahead").
 	 */
 	per_request = OB_BATCHED(ob) && !dp.probe ? OB_BATCH(ob) : 1;
-	limit = Min(per_request * dp.budget, MAX_READ_ROWS);
+	limit = per_request * (per_request > 1 ? Min(dp.budget, DISPATCH_LANES) : dp.budget);
+	limit = Min(limit, MAX_READ_ROWS);
 	ahead = parked_fill_budget(ob);
 	small = OB_BATCHED(ob) && !dp.probe && (ob->caught_up || ahead);
 	fresh_limit = small ? per_request : limit;
