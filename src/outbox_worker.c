@@ -521,8 +521,17 @@ courier_worker_main(Datum arg)
 	 */
 	SetConfigOption("search_path", COURIER_SAFE_SEARCH_PATH, PGC_SUSET, PGC_S_OVERRIDE);
 	courier_owner_exec_worker_mode();
-	/* our statements are simple index scans: plan them once, not per execution */
+	/*
+	 * Our statements are simple index scans: plan them once, not per
+	 * execution, and as index scans whatever the table's size was then.  A
+	 * generic plan made while an outbox was nearly empty would otherwise
+	 * read rows by id (parked rows, acknowledgements, failures) with a
+	 * sequential scan, and go on doing so once a backlog has grown: every
+	 * acknowledgement would read the whole backlog.  (A cost only: what has
+	 * no index is still read.)
+	 */
 	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_USERSET, PGC_S_OVERRIDE);
+	SetConfigOption("enable_seqscan", "off", PGC_USERSET, PGC_S_OVERRIDE);
 	courier_worker_context = AllocSetContextCreate(TopMemoryContext, "pg_courier worker",
 												   ALLOCSET_DEFAULT_SIZES);
 	courier_http_init();
