@@ -685,7 +685,8 @@ next_retry_at(OutboxState *ob)
 static bool
 parked_fill_budget(const OutboxState *ob)
 {
-	return ob->nparked >= (int64) (OB_BATCHED(ob) ? OB_BATCH(ob) : 1) * OB_INFLIGHT(ob);
+	/* (in batches of batch_size even for one event per request: parked rows are cheap, reads are not) */
+	return ob->nparked >= (int64) OB_BATCH(ob) * OB_INFLIGHT(ob);
 }
 
 /*

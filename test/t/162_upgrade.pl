@@ -87,7 +87,8 @@ my $db = 'upgraded';
 $node->safe_psql('postgres', "CREATE DATABASE $db");
 $node->safe_psql($db, "CREATE EXTENSION pg_courier VERSION '0.1.0'");
 $node->safe_psql($db, qq{
-	SELECT courier.create_outbox('ob', '$url');
+	-- (retention: its delivered event below is kept, not purged by the worker as an orphan's)
+	SELECT courier.create_outbox('ob', '$url', 'cloudevents', '{"retention": "30 days"}');
 	SELECT courier.pause('ob');
 	SELECT courier.send('ob', jsonb_build_object('n', i), 'k' || (i % 2)) FROM generate_series(1, 5) i;
 	INSERT INTO courier.dead_letters (outbox, owner, outbox_id, event_id, key, payload, created_at, attempts,
