@@ -43,7 +43,7 @@ sink_stat() { json_field "$(sink_get /_sink/stats)" "$1"; }
 # sink_num NAME: a top-level integer of /_sink/stats without starting node: what polling loops use,
 # so that watching the sink every 20 ms does not take a core from the worker and the sink
 sink_num() { sink_get /_sink/stats | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
-first_receipt_ms() { sink_get "/_sink/events?from=1&limit=1" | node -e 'console.log(JSON.parse(require("fs").readFileSync(0))[0].t)'; }
+first_receipt_ms() { sink_get "/_sink/events?from=1&limit=1" | node -e 'const e=JSON.parse(require("fs").readFileSync(0)); console.log(e.length ? e[0].t : "")'; }
 kafka_url="http://127.0.0.1:$SINK_PORT/kafka"
 # wait_unique N CAP_S: until the sink has N distinct events (0), or CAP_S seconds passed (1)
 wait_unique() {
@@ -210,9 +210,13 @@ big() {
     printf '    recovery -> %s: %.1f s, %d events = %.0f events/s (includes waiting out the breaker, reset %s)\n' \
         "$([ $drained = 1 ] && echo 'empty backlog' || echo 'stop')" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')" "$got" \
         "$(rate "$got" "$t0" "$t1")" "$(psql -Atc 'SHOW courier.breaker_reset_ms')"
-    printf '    first -> last receipt: %.1f s = %.0f events/s, %d requests (%.0f events per request)\n' \
-        "$(awk -v a="$first" -v b="$last" 'BEGIN{print (b-a)/1000}')" "$(rate "$got" "$first" "$last")" "$(sink_stat 'j.requests')" \
-        "$(awk -v n="$got" -v r="$(sink_stat 'j.requests')" 'BEGIN{print n/r}')"
+    if [ "$got" -gt 0 ]; then
+        printf '    first -> last receipt: %.1f s = %.0f events/s, %d requests (%.0f events per request)\n' \
+            "$(awk -v a="$first" -v b="$last" 'BEGIN{print (b-a)/1000}')" "$(rate "$got" "$first" "$last")" "$(sink_stat 'j.requests')" \
+            "$(awk -v n="$got" -v r="$(sink_stat 'j.requests')" 'BEGIN{print n/r}')"
+    else
+        echo "    nothing received: $(sink_stat 'j.requests') requests, answers $(sink_stat 'j.status_counts'); breaker: $(psql -Atc "SELECT state || ', opened ' || opens || ' time(s)' FROM courier.breakers() WHERE endpoint = courier._origin('$kafka_url')"); outbox: $(psql -Atc "SELECT format('pending %s, status %s, last error %s', pending, status, coalesce(last_error, '-')) FROM courier.outbox_stats WHERE outbox = 'bench_big'::regclass")"
+    fi
     printf '    worker private memory (RssAnon): %d kB before, %d kB (%.1f MB) peak while draining (target: no higher than ~56 MB); VmHWM %d kB (includes shared buffers touched)\n' \
         "$anon0" "$peak_anon" "$(awk -v k="$peak_anon" 'BEGIN{print k/1024}')" "$(rss_kb "$worker" VmHWM)"
     echo "    failed attempts: ${failed0} while the endpoint was down (before the breaker opened), $(( $(psql -Atc "SELECT failed_attempts FROM courier.outbox_stats WHERE outbox = 'bench_big'::regclass") - failed0 )) during the drain (a timeout caused by the worker would count here)"
@@ -259,6 +263,12 @@ SQL
     fi
     got=$(sink_stat 'j.unique'); first=$(first_receipt_ms); last=$(sink_stat 'j.last_receipt_t')
     [ "$got" -ge "$BACKLOG" ] || note="  !! stopped after ${HOT_CAP_S} s (HOT_CAP_S): $got of $BACKLOG events, rates over those"
+    if [ "$got" = 0 ]; then
+        printf '  %-20s nothing received in %d s (%s requests)\n' "$label" "$HOT_CAP_S" "$(sink_stat 'j.requests')"
+        HOT_C2L=0; HOT_F2L=0
+        psql -q -c "SELECT courier.drop_outbox('$ob')" >/dev/null
+        return 0
+    fi
     HOT_C2L=$(rate "$got" "$commit_ms" "$last"); HOT_F2L=$(rate "$got" "$first" "$last")
     printf '  %-20s %8.1f ms   %6.2f s = %8d events/s   %6.2f s = %8d events/s   %6d%s\n' "$label" \
         "$(awk -v a="$commit_ms" -v b="$first" 'BEGIN{print b-a}')" \
@@ -280,4 +290,4 @@ hot "$BACKLOG" "$BACKLOG, warm outbox" warm
 sink_post /_sink/config '{"order_field": null}' >/dev/null
 echo "  (warm outbox: after one event was delivered, so the worker's generic plans were made on a one-row table)"
 printf '  1,000 keys commit->last: %d events/s (target >= 100,000); 10 keys / distinct keys: %.2fx commit->last, %.2fx first->last (target >= 0.8x)\n' \
-    "$k1000_c2l" "$(awk -v a="$k10_c2l" -v b="$distinct_c2l" 'BEGIN{print a/b}')" "$(awk -v a="$k10_f2l" -v b="$distinct_f2l" 'BEGIN{print a/b}')"
+    "$k1000_c2l" "$(awk -v a="$k10_c2l" -v b="$distinct_c2l" 'BEGIN{print b ? a/b : 0}')" "$(awk -v a="$k10_f2l" -v b="$distinct_f2l" 'BEGIN{print b ? a/b : 0}')"
