@@ -88,6 +88,49 @@ parked_has(const ParkedKey *p, int64 id)
 }
 
 /*
+ * insert_sorted
+ *		Put id into the key's queue (room for one more at the end is made).
+ *		Ids mostly arrive in increasing order; rows that go back to the
+ *		front of their queue (a run that did not fit its request, rows
+ *		behind a failure) arrive in increasing order too, each just after
+ *		the one before: so the shorter side of the queue is moved, into the
+ *		room popped ids left at the front when there is some.
+ */
+static void
+insert_sorted(ParkedKey *p, int64 id)
+{
+	int			lo = p->head;
+	int			hi = p->n;
+
+	if (p->n == p->head || id > p->ids[p->n - 1])
+	{
+		p->ids[p->n++] = id;
+		return;
+	}
+	while (lo < hi)				/* the first position holding a larger id */
+	{
+		int			mid = lo + (hi - lo) / 2;
+
+		if (p->ids[mid] < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (p->head > 0 && lo - p->head <= p->n - lo)
+	{
+		memmove(p->ids + p->head - 1, p->ids + p->head, sizeof(int64) * (lo - p->head));
+		p->head--;
+		p->ids[lo - 1] = id;
+	}
+	else
+	{
+		memmove(p->ids + lo + 1, p->ids + lo, sizeof(int64) * (p->n - lo));
+		p->ids[lo] = id;
+		p->n++;
+	}
+}
+
+/*
  * courier_park
  *		Queue id behind its key.  Returns false when the outbox's parking is
  *		full (the caller must then make sure the row is read again).
@@ -122,21 +165,7 @@ courier_park(OutboxState *ob, uint32 keyhash, int64 id)
 		p->cap *= 2;
 		p->ids = repalloc(p->ids, sizeof(int64) * p->cap);
 	}
-	/* ids arrive in increasing order, except a re-parked front row */
-	if (p->n > p->head && id < p->ids[p->n - 1])
-	{
-		int			i = p->n;
-
-		while (i > p->head && p->ids[i - 1] > id)
-		{
-			p->ids[i] = p->ids[i - 1];
-			i--;
-		}
-		p->ids[i] = id;
-	}
-	else
-		p->ids[p->n] = id;
-	p->n++;
+	insert_sorted(p, id);
 	ob->nparked++;
 	return true;
 }
