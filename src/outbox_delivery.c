@@ -599,6 +599,48 @@ take_rows(DispatchPass *dp, SPIPlanPtr plan, Datum *args, int64 *last)
 	return n;
 }
 
+/* A row of a read and its key's hash (rows_by_key). */
+typedef struct RowByKey
+{
+	uint32		keyhash;
+	uint64		row;			/* its place in the read (id order) */
+	OutboxRow	r;
+} RowByKey;
+
+static int
+by_key_then_id(const void *a, const void *b)
+{
+	const RowByKey *x = a;
+	const RowByKey *y = b;
+
+	if (x->keyhash != y->keyhash)
+		return x->keyhash < y->keyhash ? -1 : 1;
+	return x->row < y->row ? -1 : (x->row > y->row);
+}
+
+/*
+ * rows_by_key
+ *		The rows of a read, decoded and grouped by key, each key's in id
+ *		order.  Parked rows of many keys come back interleaved by id; taken
+ *		in that order, the first request would get a few rows of every key
+ *		and fill up, and the rest would go back to their queues.  Taken key
+ *		by key, a request gets whole runs and the next keys fill the next.
+ */
+static RowByKey *
+rows_by_key(SPITupleTable *rows, uint64 n)
+{
+	RowByKey   *order = palloc(sizeof(RowByKey) * Max(n, 1));
+
+	for (uint64 i = 0; i < n; i++)
+	{
+		courier_decode_row(rows->vals[i], rows->tupdesc, &order[i].r);
+		order[i].row = i;
+		order[i].keyhash = order[i].r.key ? courier_key_hash(order[i].r.key, strlen(order[i].r.key)) : 0;
+	}
+	qsort(order, n, sizeof(RowByKey), by_key_then_id);
+	return order;
+}
+
 /*
  * take_parked
  *		Fetch the first parked rows of every key that became free (up to a
@@ -619,6 +661,7 @@ take_parked(DispatchPass *dp, int limit)
 										   OB_BATCHED(ob) && !dp->probe ? OB_BATCH(ob) : 1);
 	uint64		returned;
 	SPITupleTable *rows;
+	RowByKey   *order;
 
 	if (n == 0)
 		return;
@@ -631,12 +674,12 @@ take_parked(DispatchPass *dp, int limit)
 	returned = SPI_processed;
 	rows = SPI_tuptable;
 	courier_check_row_shape(ob, rows->tupdesc);
-	for (uint64 i = 0; i < returned; i++)
+	order = rows_by_key(rows, returned);
+	for (uint64 j = 0; j < returned; j++)
 	{
-		OutboxRow	r;
-		uint32		keyhash;
+		OutboxRow	r = order[j].r;
+		uint32		keyhash = order[j].keyhash;
 
-		courier_decode_row(rows->vals[i], rows->tupdesc, &r);
 		if (r.key == NULL)
 		{
 			/* its key was removed meanwhile: it waits for nothing now */
@@ -644,7 +687,6 @@ take_parked(DispatchPass *dp, int limit)
 				(void) take_row(dp, &r);
 			continue;
 		}
-		keyhash = courier_key_hash(r.key, strlen(r.key));
 		if (!dp->stopped && take_row(dp, &r) &&
 			(hash_search(ob->inflight_ids, &r.id, HASH_FIND, NULL) || courier_parked_before(ob, keyhash, r.id + 1) ||
 			 dp->last_unsendable == r.id))
