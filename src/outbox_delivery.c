@@ -32,7 +32,7 @@
  * sent, and requests go onto the wire between rounds, so a batched
  * outbox's reads are small: one batch when it was caught up (a large
  * backlog committed at once starts moving after one batch's work), at most
- * DISPATCH_LANES batches otherwise (the requests of one round are on their
+ * READ_BATCHES batches otherwise (the requests of one round are on their
  * way while the next round reads).
  *
  * Reading.  A cursor remembers the highest id looked at, so a busy outbox
@@ -73,6 +73,8 @@
 #define SIGNING_HEADERS		3
 /* requests a dispatch pass fills side by side (keys are spread over them by hash) */
 #define DISPATCH_LANES		4
+/* batches one read of a batched outbox takes at most (the requests of a round leave after it) */
+#define READ_BATCHES		8
 /* rows one read may return */
 #define MAX_READ_ROWS		100000
 /* once parked rows fill the in-flight budget, read ahead (one batch) only this often */
@@ -841,12 +843,12 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	dp.failed_rows = courier_has_failed_rows(ob);
 
 	/*
-	 * Reads of a batched outbox take up to DISPATCH_LANES batches; one once
+	 * Reads of a batched outbox take up to READ_BATCHES batches; one once
 	 * caught up (it leaves before the rest is read) or while the rows parked
 	 * behind busy keys fill the budget (see "Reading ahead").
 	 */
 	per_request = OB_BATCHED(ob) && !dp.probe ? OB_BATCH(ob) : 1;
-	limit = per_request * (per_request > 1 ? Min(dp.budget, DISPATCH_LANES) : dp.budget);
+	limit = per_request * (per_request > 1 ? Min(dp.budget, READ_BATCHES) : dp.budget);
 	limit = Min(limit, MAX_READ_ROWS);
 	ahead = parked_fill_budget(ob);
 	small = OB_BATCHED(ob) && !dp.probe && (ob->caught_up || ahead);
