@@ -6,7 +6,8 @@
 #  2. commit -> receipt latency p50/p99 at a steady 1,000 events/s
 #  3. producer cost (pgbench, 2 clients, synchronous_commit = off, delivery paused so only the
 #     producer is measured): business transaction alone, + plain INSERT into an outbox-shaped table
-#     (the floor), + courier.send, + PgQ's pgq.insert_event (the anchor)
+#     (the floor), + courier.send, + an INSERT into the outbox itself (its trigger without the
+#     function around it), + PgQ's pgq.insert_event (the anchor)
 #  4. drain BACKLOG with 10% of requests answered 503 without Retry-After (Kafka REST): to the worker
 #     a plain retriable failure, so this measures the per-row backoff and per-key waiting (and the
 #     breaker, which it says how often opened), not a server's Retry-After pacing
@@ -135,14 +136,17 @@ run_tps() {
 base=$(run_tps base '')
 plain=$(run_tps plain "INSERT INTO bench_plain (key, topic, payload) VALUES ('customer-' || :c::int, 'order.created', jsonb_build_object('customer', :c::int, 'amount', 42.5));")
 send=$(run_tps send "SELECT courier.send('bench_producer', jsonb_build_object('customer', :c::int, 'amount', 42.5), 'customer-' || :c::int, 'order.created');")
+direct=$(run_tps direct "INSERT INTO bench_producer (key, topic, payload) VALUES ('customer-' || :c::int, 'order.created', jsonb_build_object('customer', :c::int, 'amount', 42.5));")
 pgq=$(run_tps pgq "SELECT pgq.insert_event('bench_q', 'order.created', jsonb_build_object('customer', :c::int, 'amount', 42.5)::text);")
 row() { printf '  %-48s %9.0f tps  %5.2fx business  %5.2fx floor\n' "$1" "$2" "$(awk -v a="$2" -v b="$base" 'BEGIN{print a/b}')" "$(awk -v a="$2" -v b="$plain" 'BEGIN{print a/b}')"; }
 row "business transaction alone" "$base"
 row "+ plain INSERT into an outbox-shaped table" "$plain"
 row "+ courier.send" "$send"
+row "+ INSERT into the outbox (its trigger only)" "$direct"
 row "+ pgq.insert_event (PgQ)" "$pgq"
-printf '  courier.send / plain INSERT floor = %.3f   courier.send / PgQ = %.3f\n' \
-    "$(awk -v a="$send" -v b="$plain" 'BEGIN{print a/b}')" "$(awk -v a="$send" -v b="$pgq" 'BEGIN{print a/b}')"
+printf '  courier.send / plain INSERT floor = %.3f   courier.send / PgQ = %.3f   INSERT into the outbox / floor = %.3f\n' \
+    "$(awk -v a="$send" -v b="$plain" 'BEGIN{print a/b}')" "$(awk -v a="$send" -v b="$pgq" 'BEGIN{print a/b}')" \
+    "$(awk -v a="$direct" -v b="$plain" 'BEGIN{print a/b}')"
 psql -q -c "SELECT courier.drop_outbox('bench_producer'); SELECT courier.drop_outbox('bench_lat'); DROP TABLE bench_plain, bench_orders; SELECT pgq.drop_queue('bench_q')" >/dev/null
 
 echo
