@@ -2,7 +2,9 @@
  *
  * outbox_statements.c
  *	  The statements the worker runs against an outbox: three reads (fresh
- *	  rows from the cursor, due retries, parked rows by id) and four writes
+ *	  rows from the cursor, due retries, parked rows by id; the first and
+ *	  the last also in a variant for an outbox without failed rows), two
+ *	  looks at its failed rows (any at all, the next due) and four writes
  *	  (delete acknowledged rows, record a failure, move to the dead letters,
  *	  move rows without an id to the dead letters).  Prepared once per
  *	  outbox and kept.  Also the retention purge of courier.delivered_events,
@@ -266,6 +268,11 @@ make_writes(OutboxState *ob, StringInfo sql)
 /* the prepared statements of an outbox */
 #define NPLANS 11
 
+/*
+ * plan_slots
+ *		Where an outbox's prepared statements are kept, for making and
+ *		freeing them all.
+ */
 static void
 plan_slots(OutboxState *ob, SPIPlanPtr **plans)
 {

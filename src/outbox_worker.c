@@ -297,7 +297,7 @@ can_send(OutboxState *ob, TimestampTz now)
 {
 	TimestampTz reopen = courier_breaker_next_change(ob->breaker);
 
-	return ob->enabled && ob->inflight < (ob->max_inflight > 0 ? ob->max_inflight : courier_max_inflight) &&
+	return ob->enabled && ob->inflight < OB_INFLIGHT(ob) &&
 		(reopen == 0 || now >= reopen) && !ob->shape_problem && !courier_health_resting(&ob->delivery, now);
 }
 

@@ -212,9 +212,22 @@ typedef struct Delivery
 /* outbox_worker.c: what lives as long as the worker (outbox states, deliveries) */
 extern PGDLLIMPORT MemoryContext courier_worker_context;
 
-/* outbox_delivery.c */
+/* effective settings: per-outbox options override the GUCs */
+#define OB_BATCH(ob)	((ob)->batch_size > 0 ? (ob)->batch_size : courier_batch_size)
+#define OB_INFLIGHT(ob) ((ob)->max_inflight > 0 ? (ob)->max_inflight : courier_max_inflight)
+#define OB_TIMEOUT(ob)	((ob)->timeout_ms > 0 ? (ob)->timeout_ms : courier_http_timeout_ms)
+#define OB_BATCHED(ob)	(COURIER_FORMAT_IS_KAFKA((ob)->format) || (ob)->ce_batch)
+/* the option may lower the GUC, never raise it */
+#define OB_MAX_REQUEST(ob)	((ob)->max_request_bytes > 0 ? \
+							 Min((ob)->max_request_bytes, courier_max_request_bytes) : courier_max_request_bytes)
+
+/* outbox_request.c */
 extern Delivery *courier_delivery_new(OutboxState *ob, int maxrows, const char *topic);
+extern void courier_delivery_add(Delivery *d, const OutboxRow *r, uint32 keyhash);
+extern bool courier_delivery_has_room(const Delivery *d, const OutboxRow *r);
 extern void courier_delivery_start(Delivery *d);
+extern Delivery *courier_open_delivery_for(OutboxState *ob, List **open, const OutboxRow *r, int lane,
+										   int *budget);
 
 /* outbox_split.c */
 extern bool courier_split_wanted(const Delivery *d);
