@@ -31,9 +31,10 @@
  * First request early.  A read materializes its rows before any of them is
  * sent, and requests go onto the wire between rounds, so a batched
  * outbox's reads are small: one batch when it was caught up (a large
- * backlog committed at once starts moving after one batch's work), at most
- * READ_BATCHES batches otherwise (the requests of one round are on their
- * way while the next round reads).
+ * backlog committed at once starts moving after one batch's work), then
+ * twice as many each round up to READ_BATCHES batches (the requests of one
+ * round are on their way while the next round reads), and libcurl is
+ * driven during long reads.
  *
  * Reading.  A cursor remembers the highest id looked at, so a busy outbox
  * is read incrementally.  Rows left behind the cursor (held, or failed and
@@ -356,6 +357,9 @@ take_rows(DispatchPass *dp, SPIPlanPtr plan, Datum *args, int64 *last)
 		if (!take_row(dp, &r))
 			break;
 		*last = r.id;
+		/* let the requests already started go on meanwhile (a connect takes more than one step) */
+		if (i % 512 == 511 && dp->ob->inflight > 0)
+			(void) courier_http_poll(0);
 	}
 	return n;
 }
@@ -536,7 +540,7 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	int			limit;			/* rows the parked and retry reads may take */
 	int			fresh_limit;	/* rows the fresh read may take */
 	bool		ahead;			/* parked rows fill the budget already */
-	bool		small;			/* the fresh read takes one request's worth */
+	bool		small;			/* the fresh read takes less than it could */
 	int64		last;
 	int64		cursor_before = ob->cursor;
 	uint64		n = 0;
@@ -602,16 +606,19 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 	dp.failed_rows = courier_has_failed_rows(ob);
 
 	/*
-	 * Reads of a batched outbox take up to READ_BATCHES batches; one once
-	 * caught up (it leaves before the rest is read) or while the rows parked
-	 * behind busy keys fill the budget (see "Reading ahead").
+	 * Reads of a batched outbox take up to READ_BATCHES batches.  The fresh
+	 * read takes one once caught up (it leaves before the rest is read) or
+	 * while the rows parked behind busy keys fill the budget (see "Reading
+	 * ahead"), and twice as many each round after that.
 	 */
 	per_request = OB_BATCHED(ob) && !dp.probe ? OB_BATCH(ob) : 1;
 	limit = per_request * (per_request > 1 ? Min(dp.budget, READ_BATCHES) : dp.budget);
 	limit = Min(limit, MAX_READ_ROWS);
 	ahead = parked_fill_budget(ob);
-	small = OB_BATCHED(ob) && !dp.probe && (ob->caught_up || ahead);
-	fresh_limit = small ? per_request : limit;
+	if (ob->caught_up || ahead)
+		ob->read_batches = 1;
+	fresh_limit = per_request > 1 ? Min(per_request * Max(ob->read_batches, 1), limit) : limit;
+	small = fresh_limit < limit;
 	args[1] = Int32GetDatum(limit);
 	args[2] = CStringGetTextDatum(ob->default_topic);
 
@@ -635,6 +642,7 @@ courier_dispatch(OutboxState *ob, const CourierHoldSet *holds)
 		if (n > 0)
 			ob->last_fresh_rows = now;
 		ob->caught_up = (n < (uint64) fresh_limit);
+		ob->read_batches = Min(2 * Max(ob->read_batches, 1), READ_BATCHES);
 		ob->seen_commits = ob->commits;
 		ob->last_read = now;
 	}

@@ -156,6 +156,7 @@ typedef struct OutboxState
 	uint64		commits;		/* the count read before this round's snapshot */
 	bool		more;			/* the last read left rows behind */
 	bool		caught_up;		/* the last fresh read found fewer rows than it asked for */
+	int			read_batches;	/* batches the next fresh read may take (doubling up to a cap) */
 	bool		wanted;			/* read in this round (decided before its snapshot) */
 	List	   *open;			/* requests being filled by the current dispatch */
 	SPIPlanPtr	fetch_plans[2];	/* [1]: looks for earlier failed rows of each row's key; [0]: not */
