@@ -6,6 +6,8 @@
 const http = require('http');
 const fs = require('fs');
 const { performance } = require('perf_hooks');
+const faults = require('./faults.js');
+const { KAFKA_RECORD_TEXT } = faults;
 
 // ---------------------------------------------------------------- command line
 const opts = { port: 0, controlPort: 0, host: '127.0.0.1', partitions: 4, logFile: null,
@@ -146,90 +148,12 @@ function epochMs(v) {
   return undefined;
 }
 
-// ---------------------------------------------------------------- fault plan
-// Per-record codes: Confluent's kafka-rest (50002 non-retriable, 50003 retriable, 40101
-// authentication, 40301 authorization) and very old proxies' 1 (non-retriable) and 2 (retriable).
-const KAFKA_RECORD_CODES = new Set([1, 2, 50002, 50003, 40101, 40301]);
-const KAFKA_RECORD_TEXT = { 1: 'injected non-retriable error', 2: 'injected retriable error',
-  50002: 'RecordTooLargeException: injected non-retriable error',
-  50003: 'NotEnoughReplicasException: injected retriable error',
-  40101: 'Authentication failed (injected)', 40301: 'Not authorized to access topics (injected)' };
-const FAULT_KINDS = ['down', 'status', 'delay_ms', 'reset', 'accept_then_fail', 'kafka_record_errors'];
+// ---------------------------------------------------------------- fault plan (faults.js)
 let plan = null, planSpec = null;
-let rng = Math.random;
-function mulberry32(a) { // seeded PRNG so a plan with "seed" injects a reproducible pattern
-  return () => { a |= 0; a = a + 0x6D2B79F5 | 0; let t = Math.imul(a ^ a >>> 15, 1 | a);
-    t = t + Math.imul(t ^ t >>> 7, 61 | t) ^ t; return ((t ^ t >>> 14) >>> 0) / 4294967296; };
-}
-function compilePlan(spec) {
-  if (spec === null || typeof spec !== 'object' || Array.isArray(spec)) throw new Error('plan must be an object');
-  const p = {};
-  for (const k of Object.keys(spec)) {
-    if (k === 'seed') continue;
-    if (!FAULT_KINDS.includes(k)) throw new Error(`unknown fault kind "${k}" (known: ${FAULT_KINDS.join(', ')})`);
-    let s = spec[k];
-    if (s === false || s === null) continue;
-    if (k === 'down' && s === true) s = {};
-    if (k === 'delay_ms' && typeof s === 'number') s = { ms: s };
-    if (typeof s !== 'object' || Array.isArray(s)) throw new Error(`${k} must be an object`);
-    const rate = s.rate === undefined ? 1 : Number(s.rate);
-    if (!(rate >= 0 && rate <= 1)) throw new Error(`${k}.rate must be within 0..1`);
-    const count = s.count === undefined || s.count === null ? Infinity : Number(s.count);
-    if (!(count >= 0)) throw new Error(`${k}.count must be >= 0`);
-    const m = s.match || null;
-    if (m !== null && (typeof m !== 'object' || (m.format !== undefined && !['ce', 'ce-batch', 'kafka'].includes(m.format))))
-      throw new Error(`${k}.match must be {format: ce|ce-batch|kafka, topic, path_prefix}`);
-    const f = { kind: k, rate, remaining: count, match: m };
-    if (k === 'status' || k === 'down' || k === 'accept_then_fail') {
-      f.code = Number(s.code || (k === 'accept_then_fail' ? 500 : 503));
-      if (!(f.code >= 100 && f.code <= 599)) throw new Error(`${k}.code must be an HTTP status`);
-      f.retry_after = s.retry_after === undefined || s.retry_after === null ? null : String(s.retry_after);
-      f.body = s.body === undefined ? null : s.body;
-    } else if (k === 'delay_ms') {
-      f.ms = Number(s.ms);
-      if (!(f.ms >= 0 && f.ms <= 600000)) throw new Error('delay_ms.ms must be within 0..600000');
-    } else if (k === 'kafka_record_errors') {
-      f.code = Number(s.code === undefined ? 2 : s.code);
-      if (!KAFKA_RECORD_CODES.has(f.code))
-        throw new Error(`kafka_record_errors.code must be one of ${[...KAFKA_RECORD_CODES].join(', ')}`);
-      f.scope = s.scope === undefined ? 'partition' : s.scope;
-      if (f.scope !== 'partition' && f.scope !== 'record')
-        throw new Error('kafka_record_errors.scope must be "partition" or "record"');
-      f.ids = null;
-      if (s.ids !== undefined && s.ids !== null) {
-        if (!Array.isArray(s.ids) || s.ids.length === 0 || !s.ids.every((x) => typeof x === 'string' && x !== ''))
-          throw new Error('kafka_record_errors.ids must be a non-empty array of record ids');
-        f.ids = new Set(s.ids);
-      }
-    }
-    if (k !== 'kafka_record_errors' && (s.scope !== undefined || s.ids !== undefined))
-      throw new Error(`${k}: scope and ids are options of kafka_record_errors only`);
-    p[k] = f;
-  }
-  rng = spec.seed === undefined ? Math.random : mulberry32(Number(spec.seed) | 0);
-  return p;
-}
-function matches(m, ctx) {
-  if (m.format !== undefined && m.format !== ctx.format && !(m.format === 'ce' && ctx.format === 'ce-batch')) return false;
-  if (m.path_prefix !== undefined && !ctx.path.startsWith(m.path_prefix)) return false;
-  if (m.topic !== undefined && !ctx.hasTopic(m.topic)) return false;
-  return true;
-}
-// Decide whether fault part f fires for this request (or record); consumes one from its count.
-function fire(f, ctx) {
-  if (f === undefined || f.remaining <= 0) return false;
-  if (f.match !== null && !matches(f.match, ctx)) return false;
-  if (f.rate < 1 && rng() >= f.rate) return false;
-  f.remaining--;
-  counters.faults_injected[f.kind] = (counters.faults_injected[f.kind] || 0) + 1;
-  return true;
-}
-function planView() {
-  if (!plan) return null;
-  const out = { spec: planSpec, remaining: {} };
-  for (const k in plan) out.remaining[k] = plan[k].remaining === Infinity ? null : plan[k].remaining;
-  return out;
-}
+const countFault = (kind, n) => { counters.faults_injected[kind] = (counters.faults_injected[kind] || 0) + n; };
+const fire = (f, ctx) => faults.fire(f, ctx, countFault);
+const recordFailures = (kre, ctx, parts, ids, wholePartition) =>
+  faults.recordFailures(kre, ctx, parts, ids, wholePartition, countFault);
 
 // ---------------------------------------------------------------- responses
 const recent = []; // last requests (headers etc.) for header assertions; a small ring
@@ -336,6 +260,23 @@ function fnv1a(s) {
   let h = 0x811c9dc5;
   for (let i = 0; i < s.length; i++) { h ^= s.charCodeAt(i); h = Math.imul(h, 0x01000193); }
   return h >>> 0;
+}
+
+// A Kafka record value's CloudEvent (structured mode), and the id it is recorded under when it
+// names one: the configured id_field, else the CloudEvent's id (vid null: its offset will do).
+function valueIdentity(value) {
+  const ce = value !== null && typeof value === 'object' && value.specversion === '1.0' &&
+    typeof value.id === 'string' ? value : null;
+  const f = config.id_field;
+  if (f !== null && value !== null && typeof value === 'object' && value[f] !== undefined && value[f] !== null)
+    return { ce, vid: String(value[f]) };
+  return { ce, vid: ce !== null ? ce.id : null };
+}
+// The next offset of each of a topic's np partitions (made on first use; never rewound).
+function topicOffsets(topic, np) {
+  let offs = offsets.get(topic);
+  if (offs === undefined) { offs = new Array(np).fill(0); offsets.set(topic, offs); rrCursor.set(topic, 0); }
+  return offs;
 }
 
 // ---------------------------------------------------------------- protocol handlers
@@ -503,9 +444,7 @@ function handleKafka(req, res, ct, parsed, parseErr, topic, t, p, ctx) {
     if (r.partition !== undefined && r.partition !== null && r.partition >= np)
       return () => kafkaError(res, 404, 40402, 'Partition not found');
   }
-  let offs = offsets.get(topic);
-  if (offs === undefined) { offs = new Array(np).fill(0); offsets.set(topic, offs); rrCursor.set(topic, 0); }
-  const idField = config.id_field;
+  const offs = topicOffsets(topic, np);
   // First where each record goes and what it is, then which records fail (kafka_record_errors:
   // a failure takes the rest of its partition's batch with it), then the written ones are recorded.
   const n = records.length, prep = new Array(n), parts = new Array(n), vids = new Array(n);
@@ -521,13 +460,7 @@ function handleKafka(req, res, ct, parsed, parseErr, topic, t, p, ctx) {
     if (r.partition !== undefined && r.partition !== null) part = r.partition;
     else if (key === null) { part = rrCursor.get(topic); rrCursor.set(topic, (part + 1) % np); }
     else part = fnv1a(binary ? r.key : JSON.stringify(key)) % np;
-    // CloudEvents Kafka protocol binding, structured mode: the value is a whole CloudEvent
-    const ce = value !== null && typeof value === 'object' && value.specversion === '1.0' &&
-      typeof value.id === 'string' ? value : null;
-    let vid = null;
-    if (idField !== null && value !== null && typeof value === 'object' && value[idField] !== undefined && value[idField] !== null)
-      vid = String(value[idField]);
-    else if (ce !== null) vid = ce.id;
+    const { ce, vid } = valueIdentity(value);
     prep[i] = { keyStr, value, ce }; parts[i] = part; vids[i] = vid;
   }
   const kre = p !== null ? p.kafka_record_errors : undefined;
@@ -552,36 +485,6 @@ function handleKafka(req, res, ct, parsed, parseErr, topic, t, p, ctx) {
   if (p !== null && fire(p.accept_then_fail, ctx)) return () => sendInjected(res, p.accept_then_fail, ctx);
   if (redpanda) return () => send(res, 200, { offsets: redpandaOffsets(out, parts, kre) }, KAFKA_CT);
   return () => send(res, 200, { key_schema_id: null, value_schema_id: null, offsets: out }, KAFKA_CT);
-}
-
-// kafka_record_errors over the records of one request (v2 and v3): codes[i] is the error code of
-// record i, 0 when it is to be written. parts[i] is its partition, ids[i] its id as recorded (or
-// null: no id the plan's "ids" could name).
-// - scope "record": each record fails on its own (rate, count), the others are written.
-// - scope "partition" (default): as in Kafka, where the records of one partition travel in one
-//   producer batch that fails as a whole: once record k fails, every later record of its
-//   partition in this request fails with the same code (without drawing on rate or count), and is
-//   not written. Earlier records of the partition are written (Confluent's proxy: they may have
-//   left in an earlier batch), except with wholePartition (Redpanda's proxy builds one batch per
-//   partition, so the whole partition fails).
-// faults_injected counts the records the plan hit under kafka_record_errors and the records
-// that failed with them under kafka_partition_failed.
-function recordFailures(kre, ctx, parts, ids, wholePartition) {
-  const n = parts.length, codes = new Array(n).fill(0);
-  if (kre === undefined) return codes;
-  const failed = new Map(); // partition -> code of its failed batch (scope partition)
-  const partition = kre.scope === 'partition';
-  let followers = 0;
-  for (let i = 0; i < n; i++) {
-    if (partition && failed.has(parts[i])) { codes[i] = failed.get(parts[i]); followers++; continue; }
-    if (kre.ids !== null && (ids[i] === null || !kre.ids.has(ids[i]))) continue;
-    if (fire(kre, ctx)) { codes[i] = kre.code; if (partition) failed.set(parts[i], kre.code); }
-  }
-  if (partition && wholePartition && failed.size > 0) {
-    for (let i = 0; i < n; i++) if (codes[i] === 0 && failed.has(parts[i])) { codes[i] = failed.get(parts[i]); followers++; }
-  }
-  if (followers > 0) counters.faults_injected.kafka_partition_failed = (counters.faults_injected.kafka_partition_failed || 0) + followers;
-  return codes;
 }
 
 // Redpanda's HTTP Proxy answers one entry per partition written (pandaproxy/rest/handlers.cc), not
@@ -675,9 +578,7 @@ function handleV3Batch(req, res, ct, parsed, parseErr, cluster, topic, t, p, ctx
   if (!TOPIC_NAME.test(topic) || (config.topics !== null && !config.topics.includes(topic)))
     return () => v3Error(res, 404, 40403, `This server does not host this topic-partition.`);
   const np = opts.partitions;
-  let offs = offsets.get(topic);
-  if (offs === undefined) { offs = new Array(np).fill(0); offsets.set(topic, offs); rrCursor.set(topic, 0); }
-  const idField = config.id_field;
+  const offs = topicOffsets(topic, np);
   // As for v2: where each entry goes and what it is, then which fail, then record the written ones.
   const n = entries.length, prep = new Array(n), parts = new Array(n), vids = new Array(n);
   for (let i = 0; i < n; i++) {
@@ -689,12 +590,7 @@ function handleV3Batch(req, res, ct, parsed, parseErr, cluster, topic, t, p, ctx
     else if (keyBytes === null) { part = rrCursor.get(topic); rrCursor.set(topic, (part + 1) % np); }
     else part = fnv1a(keyBytes) % np;
     const value = e.value.type === 'JSON' ? e.value.data : Buffer.from(v3Bytes(e.value), 'base64').toString('utf8');
-    const ce = value !== null && typeof value === 'object' && value.specversion === '1.0' &&
-      typeof value.id === 'string' ? value : null;
-    let vid = null;
-    if (idField !== null && value !== null && typeof value === 'object' && value[idField] !== undefined && value[idField] !== null)
-      vid = String(value[idField]);
-    else if (ce !== null) vid = ce.id;
+    const { ce, vid } = valueIdentity(value);
     prep[i] = { keyBytes, keyStr, value, ce }; parts[i] = part; vids[i] = vid;
   }
   const kre = p !== null ? p.kafka_record_errors : undefined;
@@ -773,11 +669,11 @@ function control(req, res, bodyText, tooBig) {
       rec = newRecords(); counters = newCounters(); recent.length = 0; raw = [];
       log('reset');
       return ctlSend(res, 200, { ok: true });
-    case 'GET /_sink/faults': return ctlSend(res, 200, planView());
+    case 'GET /_sink/faults': return ctlSend(res, 200, faults.planView(plan, planSpec));
     case 'POST /_sink/faults':
-      try { plan = compilePlan(body); planSpec = body; } catch (e) { return ctlSend(res, 400, { error: e.message }); }
+      try { plan = faults.compilePlan(body); planSpec = body; } catch (e) { return ctlSend(res, 400, { error: e.message }); }
       log(`faults ${JSON.stringify(body)}`);
-      return ctlSend(res, 200, planView());
+      return ctlSend(res, 200, faults.planView(plan, planSpec));
     case 'DELETE /_sink/faults': case 'POST /_sink/faults/clear':
       plan = null; planSpec = null; log('faults cleared');
       return ctlSend(res, 200, { ok: true });
