@@ -248,7 +248,7 @@ static bool
 take_row(DispatchPass *dp, OutboxRow *r)
 {
 	OutboxState *ob = dp->ob;
-	uint32		keyhash = 0;
+	uint32		keyhash = r->keyhash;
 	Delivery   *d = NULL;
 	bool		waits;
 	bool		busy;
@@ -257,7 +257,6 @@ take_row(DispatchPass *dp, OutboxRow *r)
 		return true;
 	if (r->key)
 	{
-		keyhash = courier_key_hash(r->key, strlen(r->key));
 		/* a transaction still in progress may own an earlier row of the key */
 		if ((dp->held_keys && hash_search(dp->held_keys, &keyhash, HASH_FIND, NULL)) ||
 			courier_hold_applies(dp->holds, ob->relid, dp->owner, r->id, keyhash))
@@ -364,10 +363,9 @@ take_rows(DispatchPass *dp, SPIPlanPtr plan, Datum *args, int64 *last)
 	return n;
 }
 
-/* A row of a read and its key's hash (rows_by_key). */
+/* A row of a read and its place in it (rows_by_key). */
 typedef struct RowByKey
 {
-	uint32		keyhash;
 	uint64		row;			/* its place in the read (id order) */
 	OutboxRow	r;
 } RowByKey;
@@ -378,8 +376,8 @@ by_key_then_id(const void *a, const void *b)
 	const RowByKey *x = a;
 	const RowByKey *y = b;
 
-	if (x->keyhash != y->keyhash)
-		return x->keyhash < y->keyhash ? -1 : 1;
+	if (x->r.keyhash != y->r.keyhash)
+		return x->r.keyhash < y->r.keyhash ? -1 : 1;
 	return x->row < y->row ? -1 : (x->row > y->row);
 }
 
@@ -400,7 +398,6 @@ rows_by_key(SPITupleTable *rows, uint64 n)
 	{
 		courier_decode_row(rows->vals[i], rows->tupdesc, &order[i].r);
 		order[i].row = i;
-		order[i].keyhash = order[i].r.key ? courier_key_hash(order[i].r.key, strlen(order[i].r.key)) : 0;
 	}
 	qsort(order, n, sizeof(RowByKey), by_key_then_id);
 	return order;
@@ -443,7 +440,7 @@ take_parked(DispatchPass *dp, int limit)
 	for (uint64 j = 0; j < returned; j++)
 	{
 		OutboxRow	r = order[j].r;
-		uint32		keyhash = order[j].keyhash;
+		uint32		keyhash = r.keyhash;
 
 		if (r.key == NULL)
 		{

@@ -140,6 +140,7 @@ courier_decode_row(HeapTuple tup, TupleDesc desc, OutboxRow *r)
 	r->blocked = !isnull && DatumGetBool(d);
 	r->topic = column_text(tup, desc, 3);
 	r->key = column_text(tup, desc, 4);
+	r->keyhash = r->key ? courier_key_hash(r->key, strlen(r->key)) : 0;
 }
 
 /*

@@ -55,6 +55,7 @@ typedef struct OutboxRow
 	char		event_id[37];	/* the uuid, canonical text */
 	const char *topic;
 	const char *key;			/* NULL: no ordering */
+	uint32		keyhash;		/* courier_key_hash of key (0 without one) */
 	const char *payload;		/* JSON text */
 	const char *headers;		/* "Name: value" lines, or NULL */
 	const char *time;			/* RFC 3339, UTC; NULL: not representable, omitted */
